@@ -1,0 +1,21 @@
+from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
+
+
+class InboxConfig(AppConfig):
+    name = "inbox"
+    label = "inbox"
+    verbose_name = "Inbox"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from celery.signals import celeryd_init
+
+        from outbox import checks  # noqa: F401  (the settings checks are shared)
+
+        from . import checks as inbox_checks  # noqa: F401
+        from .worker import install
+
+        # Like admin.py: every installed app's handlers.py registers its @handler functions.
+        autodiscover_modules("handlers")
+        celeryd_init.connect(install, weak=False, dispatch_uid="inbox.install_consumer")

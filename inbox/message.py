@@ -1,0 +1,25 @@
+"""The message object handlers receive."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message, as handed to a handler.
+
+    ``data`` is the payload; ``attempt`` counts from 1 and grows with each retry.
+    """
+
+    id: str
+    topic: str
+    data: Any
+    headers: dict[str, Any] = field(default_factory=dict)
+    key: str | None = None
+    sequence: int | None = None
+    source: str = ""
+    time: dt.datetime | None = None
+    attempt: int = 1

@@ -1,0 +1,119 @@
+"""Inbox rows: one per (consumer, message id). The unique constraint is the dedup."""
+
+from __future__ import annotations
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.utils import timezone
+
+
+class Status(models.TextChoices):
+    DONE = "done", "Processed"
+    WAITING = "waiting", "Waiting for an earlier message of its key"
+    FAILED = "failed", "Failed (will retry)"
+    DEAD = "dead", "Dead"
+    REJECTED = "rejected", "Rejected (malformed or unknown)"
+
+
+#: Statuses the retry sweeper may still act on.
+OPEN = (Status.WAITING, Status.FAILED)
+
+
+class InboxMessageQuerySet(models.QuerySet["InboxMessage"]):
+    def done(self) -> InboxMessageQuerySet:
+        return self.filter(status=Status.DONE)
+
+    def waiting(self) -> InboxMessageQuerySet:
+        return self.filter(status=Status.WAITING)
+
+    def failed(self) -> InboxMessageQuerySet:
+        return self.filter(status=Status.FAILED)
+
+    def dead(self) -> InboxMessageQuerySet:
+        return self.filter(status=Status.DEAD)
+
+    def rejected(self) -> InboxMessageQuerySet:
+        return self.filter(status=Status.REJECTED)
+
+
+class InboxMessage(models.Model):
+    """A message as one consumer saw it.
+
+    Inserted in the same transaction as the handler's writes; a second delivery of
+    the same id to the same consumer hits the unique constraint and does nothing.
+    Failed, dead and rejected rows keep the raw body so nothing is ever lost.
+    """
+
+    consumer = models.CharField(max_length=200)
+    message_id = models.CharField(max_length=200)
+    topic = models.CharField(max_length=255, blank=True, default="")
+    key = models.CharField("ordering key", max_length=255, null=True, blank=True)
+    sequence = models.BigIntegerField(null=True, blank=True)
+    payload = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
+    headers = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    raw_body = models.BinaryField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DONE)
+    attempts = models.PositiveIntegerField(default=1)
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+
+    objects = InboxMessageQuerySet.as_manager()
+
+    class Meta:
+        db_table = "inbox_message"
+        ordering = ["-received_at"]
+        verbose_name = "inbox message"
+        permissions = [
+            ("replay_inboxmessage", "Can replay inbox messages"),
+            ("purge_inboxmessage", "Can purge inbox messages"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["consumer", "message_id"], name="inbox_consumer_message_uniq"
+            ),
+        ]
+        indexes = [
+            # The retry sweeper: only open rows, however many processed ones exist.
+            models.Index(
+                fields=["next_attempt_at"],
+                name="inbox_open_idx",
+                condition=models.Q(status__in=OPEN),
+            ),
+            models.Index(
+                fields=["consumer", "topic", "key", "sequence"],
+                name="inbox_waiting_key_idx",
+                condition=models.Q(status=Status.WAITING),
+            ),
+            models.Index(fields=["status", "received_at"], name="inbox_status_received_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.consumer} {self.message_id}"
+
+
+class KeyProgress(models.Model):
+    """The last sequence a consumer handled per (topic, key).
+
+    Locked ``FOR UPDATE`` while a keyed message is handled, so that workers handle
+    one key's messages one at a time and in sequence order.
+    """
+
+    consumer = models.CharField(max_length=200)
+    topic = models.CharField(max_length=255)
+    key = models.CharField(max_length=255)
+    last_sequence = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "inbox_key_progress"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["consumer", "topic", "key"], name="inbox_key_progress_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.consumer} {self.topic}/{self.key}@{self.last_sequence}"

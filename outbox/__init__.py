@@ -1,0 +1,51 @@
+"""django-inbox-outbox: the transactional outbox.
+
+Call :func:`publish` inside the transaction that makes the business change; the
+relay (``manage.py outbox_relay`` or the ``outbox.relay`` Celery task) puts the
+message on the broker once that transaction has committed.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import (
+    BrokerUnavailable,
+    NotInTransaction,
+    OutboxConfigurationError,
+    OutboxError,
+    PayloadTooLarge,
+    PublishError,
+)
+
+__all__ = [
+    "BrokerUnavailable",
+    "Message",
+    "NotInTransaction",
+    "OutboxConfigurationError",
+    "OutboxError",
+    "PayloadTooLarge",
+    "PublishError",
+    "Relay",
+    "publish",
+]
+
+if TYPE_CHECKING:
+    from .models import Message
+    from .publishing import publish
+    from .relay import Relay
+
+
+def __getattr__(name: str) -> Any:
+    # Models can only be imported once the app registry is ready; import lazily.
+    if name == "publish":
+        from .publishing import publish
+
+        return publish
+    if name == "Message":
+        from .models import Message
+
+        return Message
+    if name == "Relay":
+        from .relay import Relay
+
+        return Relay
+    raise AttributeError(f"module 'outbox' has no attribute {name!r}")

@@ -1,0 +1,227 @@
+"""Putting claimed messages on the broker and learning what the broker accepted.
+
+On AMQP (RabbitMQ) a batch goes out on a confirm-mode channel with the mandatory
+flag; every message is published back to back and the relay then waits for the
+broker's acks (a window of confirms instead of one round trip per message). A
+message the broker returns (no queue bound) or nacks is reported as failed.
+
+Other kombu transports (Redis, in-memory) have no confirms: a publish that
+returns without error counts as accepted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import amqp
+import kombu
+from django.utils import timezone
+
+from .cloudevents import Outgoing, amqp_properties, encode
+from .exceptions import BrokerUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchResult:
+    """What became of each message of a batch.
+
+    ``sent``: confirmed by the broker. ``unroutable``: returned by the broker because no
+    queue was bound. ``failed``: nacked or refused, with the reason. Messages in none of
+    these were not confirmed (the connection dropped): they stay unsent, uncharged.
+    """
+
+    sent: set[uuid.UUID] = field(default_factory=set)
+    unroutable: set[uuid.UUID] = field(default_factory=set)
+    failed: dict[uuid.UUID, str] = field(default_factory=dict)
+
+
+class Publisher:
+    """Interface of a batch publisher."""
+
+    def publish(self, batch: Sequence[Outgoing]) -> BatchResult:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the connection; the next publish reconnects."""
+
+
+class AmqpPublisher(Publisher):
+    """Publishes over py-amqp with publisher confirms and ``mandatory``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        exchange: str,
+        source: str,
+        confirm_timeout: float,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.exchange = exchange
+        self.source = source
+        self.confirm_timeout = confirm_timeout
+        self.connect_timeout = connect_timeout
+        self._connection: kombu.Connection | None = None
+        self._channel: amqp.Channel | None = None
+        self._next_tag = 0
+        self._in_flight: dict[int, uuid.UUID] = {}
+        self._result = BatchResult()
+
+    def _ensure_channel(self) -> amqp.Channel:
+        if self._channel is not None and self._channel.is_open:
+            return self._channel
+        self.close()
+        connection = kombu.Connection(self.url, connect_timeout=self.connect_timeout)
+        try:
+            connection.connect()
+            channel = connection.channel()
+            channel.exchange_declare(self.exchange, "topic", durable=True, auto_delete=False)
+            channel.confirm_select()
+        except (*connection.connection_errors, *connection.channel_errors, OSError) as exc:
+            connection.release()
+            raise BrokerUnavailable(
+                f"cannot reach the broker at {connection.as_uri()}: {exc}"
+            ) from exc
+        channel.events["basic_ack"].add(self._on_ack)
+        channel.events["basic_nack"].add(self._on_nack)
+        channel.events["basic_return"].add(self._on_return)
+        self._connection, self._channel, self._next_tag = connection, channel, 0
+        return channel
+
+    def _settle(self, delivery_tag: int, multiple: bool, error: str | None) -> None:
+        tags = [t for t in self._in_flight if t <= delivery_tag] if multiple else [delivery_tag]
+        for tag in tags:
+            message_id = self._in_flight.pop(tag, None)
+            if message_id is None:
+                continue
+            if error is not None:
+                self._result.failed[message_id] = error
+            elif message_id not in self._result.unroutable:
+                self._result.sent.add(message_id)
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        self._settle(delivery_tag, multiple, None)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        self._settle(delivery_tag, multiple, "nacked by the broker")
+
+    def _on_return(
+        self, exc: Exception, exchange: str, routing_key: str, message: amqp.Message
+    ) -> None:
+        # RabbitMQ sends basic.return before the ack of the same message.
+        message_id = message.properties.get("message_id")
+        if message_id:
+            self._result.unroutable.add(uuid.UUID(message_id))
+
+    def publish(self, batch: Sequence[Outgoing]) -> BatchResult:
+        channel = self._ensure_channel()
+        assert self._connection is not None
+        self._result = BatchResult()
+        self._in_flight = {}
+        now = timezone.now()
+        errors = (*self._connection.connection_errors, *self._connection.channel_errors, OSError)
+        try:
+            for message in batch:
+                body = encode(message, source=self.source)
+                props = amqp_properties(message, now=now)
+                channel.basic_publish(
+                    amqp.Message(body, **props),
+                    exchange=self.exchange,
+                    routing_key=message.topic,
+                    mandatory=True,
+                )
+                self._next_tag += 1
+                self._in_flight[self._next_tag] = message.id
+            deadline = time.monotonic() + self.confirm_timeout
+            while self._in_flight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"{len(self._in_flight)} publisher confirms did not arrive "
+                        f"within {self.confirm_timeout}s"
+                    )
+                self._connection.drain_events(timeout=remaining)
+        except (*errors, TimeoutError) as exc:
+            self.close()
+            if self._result.sent or self._result.failed or self._result.unroutable:
+                logger.warning("outbox: broker connection lost mid-batch: %s", exc)
+                return self._result  # what was confirmed counts; the rest stays unsent
+            raise BrokerUnavailable(f"publishing to the broker failed: {exc}") from exc
+        return self._result
+
+    def close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        self._in_flight = {}
+        if connection is not None:
+            try:
+                connection.release()
+            except Exception:  # the connection is already gone; nothing to release
+                logger.debug("outbox: error closing broker connection", exc_info=True)
+
+
+class KombuPublisher(Publisher):
+    """Publishes through any kombu transport; used where AMQP confirms do not exist."""
+
+    def __init__(self, url: str | kombu.Connection, *, exchange: str, source: str) -> None:
+        self.connection = url if isinstance(url, kombu.Connection) else kombu.Connection(url)
+        self.exchange = kombu.Exchange(exchange, "topic", durable=True)
+        self.source = source
+        self._producer: kombu.Producer | None = None
+
+    def publish(self, batch: Sequence[Outgoing]) -> BatchResult:
+        result = BatchResult()
+        now = timezone.now()
+        try:
+            if self._producer is None:
+                self._producer = kombu.Producer(self.connection.channel(), exchange=self.exchange)
+                self.exchange(self._producer.channel).declare()
+            for message in batch:
+                props = amqp_properties(message, now=now)
+                headers = props.pop("application_headers")
+                props.pop("delivery_mode")
+                self._producer.publish(
+                    encode(message, source=self.source),
+                    routing_key=message.topic,
+                    headers=headers,
+                    delivery_mode=2,
+                    serializer=None,
+                    **props,
+                )
+                result.sent.add(message.id)
+        except (
+            *self.connection.connection_errors,
+            *self.connection.channel_errors,
+            OSError,
+        ) as exc:
+            self.close()
+            if result.sent:
+                return result
+            raise BrokerUnavailable(f"publishing to the broker failed: {exc}") from exc
+        return result
+
+    def close(self) -> None:
+        self._producer = None
+        try:
+            self.connection.release()
+        except Exception:
+            logger.debug("outbox: error closing broker connection", exc_info=True)
+
+
+def make_publisher(url: str, *, exchange: str, source: str, confirm_timeout: float) -> Publisher:
+    """The best publisher for ``url``'s transport."""
+    transport = kombu.Connection(url).transport_cls
+    if transport in ("amqp", "pyamqp", "amqps"):
+        return AmqpPublisher(url, exchange=exchange, source=source, confirm_timeout=confirm_timeout)
+    return KombuPublisher(url, exchange=exchange, source=source)
+
+
+def utcnow() -> dt.datetime:
+    return timezone.now()

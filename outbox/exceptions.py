@@ -1,0 +1,27 @@
+"""Exceptions raised by the outbox. Catch :class:`OutboxError` to catch them all."""
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class OutboxError(Exception):
+    """Base class of every error the outbox raises."""
+
+
+class PublishError(OutboxError, ValueError):
+    """Raised when ``publish()`` is given something it cannot store; nothing was written."""
+
+
+class PayloadTooLarge(PublishError):
+    """Raised when the encoded payload exceeds ``INBOX_OUTBOX["MAX_PAYLOAD_BYTES"]``."""
+
+
+class NotInTransaction(PublishError):
+    """Raised when ``REQUIRE_ATOMIC`` is on and ``publish()`` runs outside ``transaction.atomic()``."""
+
+
+class BrokerUnavailable(OutboxError):
+    """Raised by the relay when the broker cannot be reached; no attempt is charged."""
+
+
+class OutboxConfigurationError(OutboxError, ImproperlyConfigured):
+    """Raised when ``INBOX_OUTBOX`` holds a value the outbox cannot use."""

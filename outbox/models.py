@@ -1,0 +1,124 @@
+"""Outbox rows: one per message, written in the publisher's transaction."""
+
+from __future__ import annotations
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.utils import timezone
+from uuid6 import uuid7
+
+#: Statuses a relay may still pick up; the partial indexes below cover exactly these.
+UNSENT = ("pending", "failed")
+
+
+class Status(models.TextChoices):
+    PENDING = "pending", "Pending"
+    FAILED = "failed", "Failed (will retry)"
+    SENT = "sent", "Sent"
+    DEAD = "dead", "Dead"
+    EXPIRED = "expired", "Expired"
+
+
+class MessageQuerySet(models.QuerySet["Message"]):
+    def unsent(self) -> MessageQuerySet:
+        return self.filter(status__in=UNSENT)
+
+    def pending(self) -> MessageQuerySet:
+        return self.filter(status=Status.PENDING)
+
+    def failed(self) -> MessageQuerySet:
+        return self.filter(status=Status.FAILED)
+
+    def sent(self) -> MessageQuerySet:
+        return self.filter(status=Status.SENT)
+
+    def dead(self) -> MessageQuerySet:
+        return self.filter(status=Status.DEAD)
+
+
+class Message(models.Model):
+    """A message waiting for, or done with, the relay.
+
+    ``id`` is a UUIDv7 assigned by ``publish()``: time-ordered so the primary key
+    index stays compact, and never changed, so every re-send carries the same id.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    topic = models.CharField(max_length=255)
+    key = models.CharField(
+        "ordering key",
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text="Messages of one topic sharing a key are published and handled in commit order.",
+    )
+    sequence = models.BigIntegerField(
+        null=True, blank=True, help_text="Per (topic, key) sequence, 1, 2, 3… in commit order."
+    )
+    payload = models.JSONField(encoder=DjangoJSONEncoder)
+    headers = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    dedup_key = models.CharField(
+        "de-duplication key",
+        max_length=255,
+        null=True,
+        blank=True,
+        unique=True,
+        help_text="Producer-side de-duplication: a second publish with this key is a no-op.",
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    available_at = models.DateTimeField("next attempt", default=timezone.now)
+    lease_owner = models.CharField(max_length=64, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+
+    objects = MessageQuerySet.as_manager()
+
+    class Meta:
+        db_table = "outbox_message"
+        ordering = ["-created_at"]
+        verbose_name = "outbox message"
+        permissions = [
+            ("replay_message", "Can replay outbox messages"),
+            ("purge_message", "Can purge outbox messages"),
+        ]
+        indexes = [
+            # The relay's claim: O(batch) however many sent rows the table holds.
+            models.Index(
+                fields=["id"], name="outbox_unsent_idx", condition=models.Q(status__in=UNSENT)
+            ),
+            # "Is an earlier message of this key still unsent?"
+            models.Index(
+                fields=["topic", "key", "sequence"],
+                name="outbox_unsent_key_idx",
+                condition=models.Q(status__in=UNSENT) & models.Q(key__isnull=False),
+            ),
+            models.Index(fields=["status", "created_at"], name="outbox_status_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic} {self.id}"
+
+
+class Sequence(models.Model):
+    """The last sequence number handed out per (topic, key).
+
+    Publishing a keyed message increments this row, which row-locks it until the
+    publisher commits: same-key publishers serialize, so sequence order is commit order.
+    """
+
+    topic = models.CharField(max_length=255)
+    key = models.CharField(max_length=255)
+    last = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "outbox_sequence"
+        constraints = [
+            models.UniqueConstraint(fields=["topic", "key"], name="outbox_sequence_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic}/{self.key}@{self.last}"

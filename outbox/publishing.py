@@ -1,0 +1,258 @@
+"""``publish()``: write an outbox row through the caller's transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import IntegrityError, connections, router, transaction
+from django.utils import timezone
+from uuid6 import uuid7
+
+from .conf import get_settings
+from .exceptions import NotInTransaction, PayloadTooLarge, PublishError
+from .models import Message, Status
+
+NOTIFY_CHANNEL = "outbox_relay"
+
+_COLUMNS = (
+    "id",
+    "topic",
+    "key",
+    "sequence",
+    "payload",
+    "headers",
+    "dedup_key",
+    "status",
+    "attempts",
+    "available_at",
+    "lease_owner",
+    "created_at",
+    "expires_at",
+    "last_error",
+)
+
+
+def _dumps(value: Any, what: str, topic: str) -> str:
+    try:
+        return json.dumps(value, cls=DjangoJSONEncoder, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise PublishError(
+            f"The {what} for topic {topic!r} is not JSON-serialisable ({exc}). Pass plain "
+            "dicts, lists, strings, numbers, booleans, None, or values Django's "
+            "DjangoJSONEncoder handles (dates, decimals, UUIDs)."
+        ) from exc
+
+
+def _insert_sql(vendor: str) -> str:
+    placeholders = ["%s"] * len(_COLUMNS)
+    if vendor == "postgresql":
+        placeholders[4] = placeholders[5] = "%s::jsonb"
+    return (
+        f"INSERT INTO {Message._meta.db_table} ({', '.join(_COLUMNS)}) "
+        f"VALUES ({', '.join(placeholders)})"
+    )
+
+
+_SEQUENCE_SQL = (
+    "INSERT INTO outbox_sequence (topic, key, last) VALUES (%s, %s, 1) "
+    "ON CONFLICT (topic, key) DO UPDATE SET last = outbox_sequence.last + 1 RETURNING last"
+)
+_SEQUENCE_SQL_MYSQL = (
+    "INSERT INTO outbox_sequence (topic, `key`, last) VALUES (%s, %s, LAST_INSERT_ID(1)) "
+    "ON DUPLICATE KEY UPDATE last = LAST_INSERT_ID(last + 1)"
+)
+
+
+def _next_sequence(cursor: Any, vendor: str, topic: str, key: str) -> int:
+    """Increment the (topic, key) counter; the row lock it takes lasts until commit."""
+    if vendor == "mysql":
+        cursor.execute(_SEQUENCE_SQL_MYSQL, [topic, key])
+        cursor.execute("SELECT LAST_INSERT_ID()")
+    else:
+        cursor.execute(_SEQUENCE_SQL, [topic, key])
+    return int(cursor.fetchone()[0])
+
+
+def publish(
+    topic: str,
+    payload: Any,
+    *,
+    key: str | None = None,
+    headers: dict[str, Any] | None = None,
+    dedup_key: str | None = None,
+    ttl: dt.timedelta | float | None = None,
+    using: str | None = None,
+) -> Message:
+    """Record a message to publish once the surrounding transaction commits.
+
+    The row is written through ``using``'s connection (by default the database
+    router's choice for the outbox), inside whatever transaction is open there: if
+    the caller rolls back, nothing is published. Messages sharing ``key`` within a
+    topic are delivered in commit order. With ``dedup_key``, publishing the same
+    business event twice returns the first message and writes nothing.
+    """
+    conf = get_settings()
+    if not isinstance(topic, str) or not topic.strip():
+        raise PublishError(f"topic must be a non-empty string, got {topic!r}.")
+    if len(topic) > 255:
+        raise PublishError(f"topic must be at most 255 characters, got {len(topic)}.")
+    if key is not None and (not isinstance(key, str) or not key or len(key) > 255):
+        raise PublishError(
+            f"key must be a non-empty string of at most 255 characters, got {key!r}."
+        )
+    if headers is not None and not isinstance(headers, dict):
+        raise PublishError(f"headers must be a dict, got {type(headers).__name__}.")
+    alias = using or router.db_for_write(Message)
+    connection = connections[alias]
+    if conf.require_atomic and not connection.in_atomic_block:
+        raise NotInTransaction(
+            f"publish({topic!r}) ran outside transaction.atomic() on database {alias!r}, and "
+            'INBOX_OUTBOX["REQUIRE_ATOMIC"] is on. Wrap the business writes and the publish '
+            "in one `with transaction.atomic():` block."
+        )
+    payload_json = _dumps(payload, "payload", topic)
+    size = len(payload_json.encode())
+    if size > conf.max_payload_bytes:
+        raise PayloadTooLarge(
+            f"The payload for topic {topic!r} is {size} bytes encoded, over the limit of "
+            f'{conf.max_payload_bytes} (INBOX_OUTBOX["MAX_PAYLOAD_BYTES"]). Send a reference '
+            "to the data (an id or URL) instead of the data itself, or raise the limit."
+        )
+    headers = dict(headers or {})
+    headers_json = _dumps(headers, "headers", topic)
+
+    now = timezone.now()
+    expires_at = None
+    if ttl is not None:
+        seconds = ttl.total_seconds() if isinstance(ttl, dt.timedelta) else float(ttl)
+        if seconds <= 0:
+            raise PublishError(f"ttl must be positive, got {ttl!r}.")
+        expires_at = now + dt.timedelta(seconds=seconds)
+
+    if dedup_key is not None:
+        with transaction.atomic(using=alias):
+            existing = Message.objects.using(alias).filter(dedup_key=dedup_key).first()
+            if existing is not None:
+                return existing
+            try:
+                with transaction.atomic(using=alias):
+                    return _insert(
+                        connection,
+                        alias,
+                        topic,
+                        key,
+                        payload,
+                        payload_json,
+                        headers,
+                        headers_json,
+                        dedup_key,
+                        now,
+                        expires_at,
+                    )
+            except IntegrityError:
+                existing = Message.objects.using(alias).filter(dedup_key=dedup_key).first()
+                if existing is None:
+                    raise
+                return existing
+    return _insert(
+        connection,
+        alias,
+        topic,
+        key,
+        payload,
+        payload_json,
+        headers,
+        headers_json,
+        None,
+        now,
+        expires_at,
+    )
+
+
+def _insert(
+    connection: Any,
+    alias: str,
+    topic: str,
+    key: str | None,
+    payload: Any,
+    payload_json: str,
+    headers: dict[str, Any],
+    headers_json: str,
+    dedup_key: str | None,
+    now: dt.datetime,
+    expires_at: dt.datetime | None,
+) -> Message:
+    vendor = connection.vendor
+    ops = connection.ops
+    with connection.cursor() as cursor:
+        sequence = _next_sequence(cursor, vendor, topic, key) if key is not None else None
+        message_id = uuid7()
+        now_db = ops.adapt_datetimefield_value(now)
+        cursor.execute(
+            _insert_sql(vendor),
+            [
+                message_id if connection.features.has_native_uuid_field else message_id.hex,
+                topic,
+                key,
+                sequence,
+                payload_json,
+                headers_json,
+                dedup_key,
+                Status.PENDING,
+                0,
+                now_db,
+                "",
+                now_db,
+                ops.adapt_datetimefield_value(expires_at) if expires_at else None,
+                "",
+            ],
+        )
+        if vendor == "postgresql" and get_settings().nudge:
+            # Delivered at commit, discarded on rollback; PostgreSQL folds repeats in one transaction.
+            cursor.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    if vendor != "postgresql" and get_settings().nudge:
+        transaction.on_commit(_nudge_task, using=alias)
+    message = Message(
+        id=message_id,
+        topic=topic,
+        key=key,
+        sequence=sequence,
+        payload=payload,
+        headers=headers,
+        dedup_key=dedup_key,
+        status=Status.PENDING,
+        available_at=now,
+        created_at=now,
+        expires_at=expires_at,
+    )
+    message._state.adding = False
+    message._state.db = alias
+    return message
+
+
+_last_nudge = 0.0
+_nudge_lock = threading.Lock()
+NUDGE_INTERVAL = 0.05
+
+
+def _nudge_task() -> None:
+    """Wake a Celery relay after commit, at most once per ``NUDGE_INTERVAL`` per process."""
+    global _last_nudge
+    with _nudge_lock:
+        now = time.monotonic()
+        if now - _last_nudge < NUDGE_INTERVAL:
+            return
+        _last_nudge = now
+    from .tasks import relay
+
+    try:
+        relay.apply_async(ignore_result=True)
+    except Exception:  # the beat schedule will pick the message up; never fail a commit hook
+        import logging
+
+        logging.getLogger(__name__).warning("outbox: could not nudge the relay", exc_info=True)

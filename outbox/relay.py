@@ -1,0 +1,338 @@
+"""The relay: claim due outbox rows, publish them with confirms, record the outcome.
+
+Claiming happens in a short transaction (``SELECT … FOR UPDATE SKIP LOCKED``) that
+writes a lease (owner + expiry); publishing happens outside any transaction; the
+outcome is written back only where the lease is still ours. A relay that dies
+simply lets its leases expire, so any number of relays can run without a leader.
+
+Per-key order: a keyed message is claimable only as part of a run that starts at
+the lowest unsent sequence of its (topic, key). A message of a key whose head is
+leased elsewhere, waiting for a retry, or locked by another claim, stays put.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import timedelta
+
+from celery.utils.time import get_exponential_backoff_interval
+from django.db import DatabaseError, close_old_connections, connections, router, transaction
+from django.db.models import F, Min, Q, TextField
+from django.db.models.functions import Cast
+from django.utils import timezone
+
+from .broker import BatchResult, Publisher, make_publisher
+from .cloudevents import Outgoing
+from .conf import broker_url, get_settings
+from .exceptions import BrokerUnavailable
+from .models import UNSENT, Message, Status
+from .publishing import NOTIFY_CHANNEL
+
+logger = logging.getLogger(__name__)
+
+
+def backoff_seconds(attempts: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter, in seconds, for the ``attempts``-th failure."""
+    return (
+        float(
+            get_exponential_backoff_interval(
+                factor=base,
+                retries=max(attempts - 1, 0),
+                maximum=cap,
+                full_jitter=True,
+            )
+        )
+        or base
+    )
+
+
+class Relay:
+    """Moves outbox rows to the broker. Safe to run in any number of processes."""
+
+    def __init__(
+        self,
+        *,
+        using: str | None = None,
+        publisher: Publisher | None = None,
+        batch_size: int | None = None,
+        owner: str | None = None,
+    ) -> None:
+        conf = get_settings()
+        self.using = using or router.db_for_write(Message)
+        self.batch_size = batch_size or conf.relay_batch_size
+        self.owner = owner or f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.publisher = publisher or make_publisher(
+            broker_url(),
+            exchange=conf.exchange,
+            source=conf.service,
+            confirm_timeout=conf.relay_confirm_timeout,
+        )
+        self.stats: dict[str, int] = defaultdict(int)
+
+    # -- one batch -----------------------------------------------------------------
+    def run_once(self) -> int:
+        """Claim, publish and record one batch; return how many rows it settled."""
+        batch, expired = self._claim()
+        if expired:
+            self._messages(expired).update(
+                status=Status.EXPIRED,
+                lease_owner="",
+                lease_until=None,
+                last_error="expired before it could be published",
+            )
+            self.stats["expired"] += len(expired)
+        if not batch:
+            return len(expired)
+        try:
+            result = self.publisher.publish(batch)
+        except BrokerUnavailable:
+            self._messages([m.id for m in batch]).update(lease_owner="", lease_until=None)
+            raise
+        self._record(batch, result)
+        return len(batch) + len(expired)
+
+    def _messages(self, ids: list[uuid.UUID]):  # type: ignore[no-untyped-def]
+        """Our leased rows among ``ids``: the only rows this relay may write back."""
+        return Message.objects.using(self.using).filter(id__in=ids, lease_owner=self.owner)
+
+    def _claim(self) -> tuple[list[Outgoing], list[uuid.UUID]]:
+        conf = get_settings()
+        now = timezone.now()
+        base = Message.objects.using(self.using)
+        with transaction.atomic(using=self.using):
+            candidates = list(
+                base.filter(status__in=UNSENT, available_at__lte=now)
+                .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+                .order_by("id")
+                .select_for_update(skip_locked=True)
+                .values_list("id", "topic", "key", "sequence")[: self.batch_size]
+            )
+            if not candidates:
+                return [], []
+            ids = self._in_key_order(candidates)
+            if not ids:
+                return [], []
+            base.filter(id__in=ids).update(
+                lease_owner=self.owner,
+                lease_until=now + timedelta(seconds=conf.relay_lease_seconds),
+            )
+        rows = (
+            base.filter(id__in=ids, lease_owner=self.owner)
+            .annotate(
+                payload_text=Cast("payload", TextField()), headers_text=Cast("headers", TextField())
+            )
+            .values_list(
+                "id",
+                "topic",
+                "key",
+                "sequence",
+                "payload_text",
+                "headers_text",
+                "created_at",
+                "expires_at",
+            )
+        )
+        batch, expired = [], []
+        for mid, topic, key, seq, payload, headers, created, expires in rows:
+            if expires is not None and expires <= now:
+                expired.append(mid)
+                continue
+            batch.append(
+                Outgoing(
+                    mid, topic, key, seq, payload, json.loads(headers or "{}"), created, expires
+                )
+            )
+        # Keyless messages in id order; each key's run in sequence order.
+        batch.sort(key=lambda m: (m.key is not None, m.topic, m.key or "", m.sequence or 0, m.id))
+        return batch, expired
+
+    def _in_key_order(self, candidates: list[tuple]) -> list[uuid.UUID]:
+        """Drop keyed candidates whose earlier messages are not claimable with them."""
+        keyed: dict[tuple[str, str], list[tuple[int, uuid.UUID]]] = defaultdict(list)
+        ids = []
+        for mid, topic, key, seq in candidates:
+            if key is None:
+                ids.append(mid)
+            else:
+                keyed[(topic, key)].append((seq, mid))
+        if not keyed:
+            return ids
+        condition = Q()
+        for topic, key in keyed:
+            condition |= Q(topic=topic, key=key)
+        heads = {
+            (topic, key): head
+            for topic, key, head in Message.objects.using(self.using)
+            .filter(condition, status__in=UNSENT)
+            .order_by()
+            .values("topic", "key")
+            .annotate(head=Min("sequence"))
+            .values_list("topic", "key", "head")
+        }
+        for group, members in keyed.items():
+            expected = heads.get(group)
+            for seq, mid in sorted(members):
+                if seq != expected:
+                    break
+                ids.append(mid)
+                expected += 1
+        return ids
+
+    def _record(self, batch: list[Outgoing], result: BatchResult) -> None:
+        conf = get_settings()
+        now = timezone.now()
+        failed: dict[uuid.UUID, str] = dict(result.failed)
+        if conf.unroutable == "retry":
+            for mid in result.unroutable:
+                failed[mid] = "unroutable: no queue is bound for this topic"
+        elif conf.unroutable == "dead":
+            self._messages(list(result.unroutable)).update(
+                status=Status.DEAD,
+                attempts=F("attempts") + 1,
+                lease_owner="",
+                lease_until=None,
+                last_error="unroutable: no queue is bound for this topic",
+            )
+        ok = set(result.sent)
+        if conf.unroutable == "ignore":
+            ok |= result.unroutable
+        # A key whose message failed keeps the rest of its run unsent, to be sent again after it.
+        blocked: set[tuple[str, str]] = set()
+        held: list[uuid.UUID] = []
+        for message in batch:
+            group = (message.topic, message.key or "")
+            if message.key is None:
+                continue
+            if group in blocked:
+                ok.discard(message.id)
+                if message.id not in failed:
+                    held.append(message.id)
+            elif message.id in failed or message.id not in ok:
+                blocked.add(group)
+        if ok:
+            self._messages(list(ok)).update(
+                status=Status.SENT,
+                sent_at=now,
+                attempts=F("attempts") + 1,
+                lease_owner="",
+                lease_until=None,
+                last_error="",
+            )
+        for mid, error in failed.items():
+            self._fail(mid, error, now)
+        unconfirmed = [
+            m.id
+            for m in batch
+            if m.id not in ok and m.id not in failed and m.id not in result.unroutable
+        ]
+        if unconfirmed or held:
+            self._messages(unconfirmed + held).update(lease_owner="", lease_until=None)
+        self.stats["sent"] += len(ok)
+        self.stats["failed"] += len(failed)
+
+    def _fail(self, mid: uuid.UUID, error: str, now) -> None:  # type: ignore[no-untyped-def]
+        conf = get_settings()
+        row = self._messages([mid]).values_list("attempts", flat=True).first()
+        if row is None:
+            return
+        attempts = row + 1
+        dead = attempts >= conf.relay_max_attempts
+        delay = backoff_seconds(attempts, conf.relay_backoff_base, conf.relay_backoff_max)
+        self._messages([mid]).update(
+            status=Status.DEAD if dead else Status.FAILED,
+            attempts=attempts,
+            last_error=error,
+            available_at=now + timedelta(seconds=delay),
+            lease_owner="",
+            lease_until=None,
+        )
+        if dead:
+            logger.error("outbox: message %s is dead after %d attempts: %s", mid, attempts, error)
+
+    # -- loops ----------------------------------------------------------------------
+    def drain(self, *, max_batches: int | None = None) -> int:
+        """Publish until nothing is due (or ``max_batches``); return rows settled."""
+        total = batches = 0
+        while max_batches is None or batches < max_batches:
+            settled = self.run_once()
+            batches += 1
+            total += settled
+            if not settled:
+                break
+        return total
+
+    def run(self, stop: threading.Event, *, on_batch: Callable[[int], None] | None = None) -> None:
+        """Relay until ``stop`` is set; wakes on PostgreSQL NOTIFY, else polls."""
+        conf = get_settings()
+        listener = None
+        outage = 0
+        try:
+            while not stop.is_set():
+                close_old_connections()
+                try:
+                    if listener is None:
+                        listener = self._listen()
+                    settled = self.run_once()
+                    outage = 0
+                except BrokerUnavailable as exc:
+                    outage += 1
+                    delay = backoff_seconds(outage, 0.5, 15.0)
+                    logger.warning(
+                        "outbox relay: broker unavailable (%s); retrying in %.1fs", exc, delay
+                    )
+                    stop.wait(delay)
+                    continue
+                except DatabaseError as exc:
+                    outage += 1
+                    delay = backoff_seconds(outage, 0.5, 15.0)
+                    logger.warning(
+                        "outbox relay: database error (%s); retrying in %.1fs", exc, delay
+                    )
+                    connections[self.using].close()
+                    listener = _close(listener)
+                    stop.wait(delay)
+                    continue
+                if on_batch is not None:
+                    on_batch(settled)
+                if not settled:
+                    listener = self._wait(listener, conf.relay_poll_interval, stop)
+        finally:
+            _close(listener)
+            self.publisher.close()
+
+    def _listen(self):  # type: ignore[no-untyped-def]
+        wrapper = connections[self.using]
+        if wrapper.vendor != "postgresql":
+            return None
+        conn = wrapper.get_new_connection(wrapper.get_connection_params())
+        conn.autocommit = True
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        return conn
+
+    def _wait(self, listener, timeout: float, stop: threading.Event):  # type: ignore[no-untyped-def]
+        if listener is None:
+            stop.wait(timeout)
+            return None
+        try:
+            for _ in listener.notifies(timeout=timeout, stop_after=1):
+                pass
+        except Exception as exc:  # a dropped listener only costs latency until reconnect
+            logger.warning("outbox relay: LISTEN connection lost (%s)", exc)
+            return _close(listener)
+        return listener
+
+
+def _close(listener):  # type: ignore[no-untyped-def]
+    if listener is not None:
+        try:
+            listener.close()
+        except Exception:
+            logger.debug("outbox relay: error closing listener", exc_info=True)
+    return None

@@ -1,0 +1,182 @@
+"""Fixtures shared by the suite: isolated broker names, real subprocesses, broker access."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import kombu
+import pytest
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Names:
+    """Broker names private to one test, so tests never see each other's messages."""
+
+    service: str
+    exchange: str
+
+    @property
+    def queue(self) -> str:
+        return self.service
+
+
+@pytest.fixture
+def broker_url() -> str:
+    return os.environ["CELERY_BROKER_URL"]
+
+
+@pytest.fixture
+def names(settings, broker_url: str) -> Iterator[Names]:
+    tag = f"t{uuid.uuid4().hex[:10]}"
+    ns = Names(service=tag, exchange=f"{tag}.events")
+    settings.INBOX_OUTBOX = {
+        **settings.INBOX_OUTBOX,
+        "SERVICE": ns.service,
+        "EXCHANGE": ns.exchange,
+    }
+    yield ns
+    with kombu.Connection(broker_url) as conn:
+        for kind, name in (("queue", ns.queue), ("exchange", ns.exchange)):
+            with contextlib.suppress(*conn.channel_errors):
+                getattr(conn.channel(), f"{kind}_delete")(name)
+
+
+def test_database_url() -> str:
+    """The URL of the database the test run is using, for subprocesses."""
+    s = connection.settings_dict
+    user = s.get("USER") or "postgres"
+    auth = f"{user}:{s['PASSWORD']}" if s.get("PASSWORD") else user
+    return f"postgres://{auth}@{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
+
+
+test_database_url.__test__ = False  # type: ignore[attr-defined]
+
+
+class Processes:
+    """Starts real processes of the example project and kills whatever is left at teardown."""
+
+    def __init__(self, names: Names | None, broker_url: str, tmp_path: Path) -> None:
+        self.names = names
+        self.broker_url = broker_url
+        self.tmp_path = tmp_path
+        self.procs: list[subprocess.Popen] = []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DATABASE_URL": test_database_url(),
+            "CELERY_BROKER_URL": self.broker_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+        if self.names is not None:
+            env["SERVICE_NAME"] = self.names.service
+            env["EVENTS_EXCHANGE"] = self.names.exchange
+        env.update(extra)
+        return env
+
+    def start(self, *args: str, name: str, **env: str) -> subprocess.Popen:
+        log = open(self.tmp_path / f"{name}.log", "ab")  # noqa: SIM115  (closed at teardown)
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=self.env(**env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        proc.log_path = self.tmp_path / f"{name}.log"  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def relay(self, name: str = "relay", *extra: str, **env: str) -> subprocess.Popen:
+        return self.start("manage.py", "outbox_relay", *extra, name=name, **env)
+
+    def worker(self, name: str = "worker", *extra: str, **env: str) -> subprocess.Popen:
+        return self.start(
+            "-m",
+            "celery",
+            "-A",
+            "project",
+            "worker",
+            "--pool",
+            "solo",
+            "-n",
+            f"{name}-{uuid.uuid4().hex[:6]}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "INFO",
+            "-Q",
+            f"celery-{self.names.service if self.names else 'x'}",
+            *extra,
+            name=name,
+            **env,
+        )
+
+    @staticmethod
+    def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+        proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+
+@pytest.fixture
+def processes(names: Names, broker_url: str, tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(names, broker_url, tmp_path)
+    yield procs
+    procs.stop_all()
+
+
+def wait_until(
+    condition: Callable[[], object],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    message: str = "condition",
+) -> object:
+    """Poll ``condition`` until it is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def read_queue(broker_url: str, queue: kombu.Queue, *, idle: float = 1.0) -> list[kombu.Message]:
+    """Every message currently in ``queue`` (acknowledged), in delivery order."""
+    got: list[kombu.Message] = []
+    with (
+        kombu.Connection(broker_url) as conn,
+        kombu.Consumer(
+            conn, queues=[queue], on_message=lambda m: (got.append(m), m.ack()), prefetch_count=500
+        ),
+    ):
+        while True:
+            try:
+                conn.drain_events(timeout=idle)
+            except TimeoutError:
+                return got

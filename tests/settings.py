@@ -1,0 +1,17 @@
+"""Test settings: the example project against real PostgreSQL and RabbitMQ.
+
+``DATABASE_URL`` and ``CELERY_BROKER_URL`` may point elsewhere; pytest-django
+creates ``test_<name>`` from the database named here.
+"""
+
+import os
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/inbox_outbox")
+os.environ.setdefault("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+from project.settings import *  # noqa: F403
+from project.settings import INBOX_OUTBOX, INSTALLED_APPS
+
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+INBOX_OUTBOX = {**INBOX_OUTBOX, "SERVICE": os.environ.get("SERVICE_NAME", "tests")}
