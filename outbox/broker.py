@@ -97,7 +97,16 @@ class AmqpPublisher(Publisher):
         return channel
 
     def _settle(self, delivery_tag: int, multiple: bool, error: str | None) -> None:
-        tags = [t for t in self._in_flight if t <= delivery_tag] if multiple else [delivery_tag]
+        # Tags are sequential and ``_in_flight`` keeps insertion order, so a ``multiple``
+        # confirm settles a prefix of it.
+        if multiple:
+            tags = []
+            for tag in self._in_flight:
+                if tag > delivery_tag:
+                    break
+                tags.append(tag)
+        else:
+            tags = [delivery_tag]
         for tag in tags:
             message_id = self._in_flight.pop(tag, None)
             if message_id is None:
@@ -185,7 +194,7 @@ class KombuPublisher(Publisher):
                 self.exchange(self._producer.channel).declare()
             for message in batch:
                 props = amqp_properties(message, now=now)
-                headers = props.pop("application_headers")
+                headers = props.pop("application_headers", {})
                 props.pop("delivery_mode")
                 self._producer.publish(
                     encode(message, source=self.source),

@@ -62,13 +62,13 @@ def amqp_properties(message: Outgoing, *, now: dt.datetime) -> dict[str, Any]:
     """AMQP basic properties for ``message`` (persistent; ``expiration`` when it has a TTL)."""
     props: dict[str, Any] = {
         "content_type": CONTENT_TYPE,
-        "content_encoding": "utf-8",
         "delivery_mode": 2,
         "message_id": str(message.id),
         "type": message.topic,
         "timestamp": int(message.created_at.timestamp()),
-        "application_headers": {str(k): v for k, v in message.headers.items()},
     }
+    if message.headers:
+        props["application_headers"] = {str(k): v for k, v in message.headers.items()}
     if message.expires_at is not None:
         remaining_ms = max(1, int((message.expires_at - now).total_seconds() * 1000))
         props["expiration"] = str(remaining_ms)

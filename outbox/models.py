@@ -7,6 +7,8 @@ from django.db import models
 from django.utils import timezone
 from uuid6 import uuid7
 
+from .lookups import AnyOf
+
 #: Statuses a relay may still pick up; the partial indexes below cover exactly these.
 UNSENT = ("pending", "failed")
 
@@ -101,6 +103,9 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.topic} {self.id}"
+
+
+Message._meta.get_field("id").register_lookup(AnyOf)
 
 
 class Sequence(models.Model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import threading
 import time
@@ -19,22 +20,23 @@ from .models import Message, Status
 
 NOTIFY_CHANNEL = "outbox_relay"
 
-_COLUMNS = (
-    "id",
-    "topic",
-    "key",
-    "sequence",
-    "payload",
-    "headers",
-    "dedup_key",
-    "status",
-    "attempts",
-    "available_at",
-    "lease_owner",
-    "created_at",
-    "expires_at",
-    "last_error",
-)
+#: Columns publish() writes, with the SQL for each value: %s takes a parameter.
+_VALUES = {
+    "id": "%s",
+    "topic": "%s",
+    "key": "%s",
+    "sequence": "%s",
+    "payload": "%s",
+    "headers": "%s",
+    "dedup_key": "%s",
+    "status": "'pending'",
+    "attempts": "0",
+    "available_at": "%s",
+    "lease_owner": "''",
+    "created_at": "%s",
+    "expires_at": "%s",
+    "last_error": "''",
+}
 
 
 def _dumps(value: Any, what: str, topic: str) -> str:
@@ -48,14 +50,20 @@ def _dumps(value: Any, what: str, topic: str) -> str:
         ) from exc
 
 
-def _insert_sql(vendor: str) -> str:
-    placeholders = ["%s"] * len(_COLUMNS)
+@functools.cache
+def _insert_sql(vendor: str, nudge: bool) -> str:
+    values = dict(_VALUES)
     if vendor == "postgresql":
-        placeholders[4] = placeholders[5] = "%s::jsonb"
-    return (
-        f"INSERT INTO {Message._meta.db_table} ({', '.join(_COLUMNS)}) "
-        f"VALUES ({', '.join(placeholders)})"
+        values["payload"] = values["headers"] = "%s::jsonb"
+    sql = (
+        f"INSERT INTO {Message._meta.db_table} ({', '.join(values)}) "
+        f"VALUES ({', '.join(values.values())})"
     )
+    if vendor == "postgresql" and nudge:
+        # One round trip for row and nudge. The notification is delivered at commit and
+        # discarded on rollback; PostgreSQL folds repeats within one transaction.
+        sql = f"WITH row AS ({sql} RETURNING 1) SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM row"
+    return sql
 
 
 _SEQUENCE_SQL = (
@@ -193,8 +201,9 @@ def _insert(
         sequence = _next_sequence(cursor, vendor, topic, key) if key is not None else None
         message_id = uuid7()
         now_db = ops.adapt_datetimefield_value(now)
+        nudge = get_settings().nudge
         cursor.execute(
-            _insert_sql(vendor),
+            _insert_sql(vendor, nudge),
             [
                 message_id if connection.features.has_native_uuid_field else message_id.hex,
                 topic,
@@ -203,19 +212,12 @@ def _insert(
                 payload_json,
                 headers_json,
                 dedup_key,
-                Status.PENDING,
-                0,
                 now_db,
-                "",
                 now_db,
                 ops.adapt_datetimefield_value(expires_at) if expires_at else None,
-                "",
             ],
         )
-        if vendor == "postgresql" and get_settings().nudge:
-            # Delivered at commit, discarded on rollback; PostgreSQL folds repeats in one transaction.
-            cursor.execute(f"NOTIFY {NOTIFY_CHANNEL}")
-    if vendor != "postgresql" and get_settings().nudge:
+    if vendor != "postgresql" and nudge:
         transaction.on_commit(_nudge_task, using=alias)
     message = Message(
         id=message_id,

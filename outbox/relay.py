@@ -100,7 +100,7 @@ class Relay:
 
     def _messages(self, ids: list[uuid.UUID]):  # type: ignore[no-untyped-def]
         """Our leased rows among ``ids``: the only rows this relay may write back."""
-        return Message.objects.using(self.using).filter(id__in=ids, lease_owner=self.owner)
+        return Message.objects.using(self.using).filter(id__any=ids, lease_owner=self.owner)
 
     def _claim(self) -> tuple[list[Outgoing], list[uuid.UUID]]:
         conf = get_settings()
@@ -119,12 +119,12 @@ class Relay:
             ids = self._in_key_order(candidates)
             if not ids:
                 return [], []
-            base.filter(id__in=ids).update(
+            base.filter(id__any=ids).update(
                 lease_owner=self.owner,
                 lease_until=now + timedelta(seconds=conf.relay_lease_seconds),
             )
         rows = (
-            base.filter(id__in=ids, lease_owner=self.owner)
+            base.filter(id__any=ids, lease_owner=self.owner)
             .annotate(
                 payload_text=Cast("payload", TextField()), headers_text=Cast("headers", TextField())
             )

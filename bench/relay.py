@@ -1,0 +1,197 @@
+"""Relay throughput and publish() cost, each against a baseline measured in the same run.
+
+    .venv/bin/python bench/relay.py [--messages 100000] [--transactions 5000]
+
+1. Relay: drain a backlog of N outbox rows to RabbitMQ (confirmed, routed to a queue), against
+   a bare baseline that publishes the same bodies with py-amqp and a window of publisher
+   confirms (100 in flight), no database.
+2. publish(): a one-row business transaction through the ORM, with and without publish().
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+
+from _setup import django_setup
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--transactions", type=int, default=5_000)
+    parser.add_argument(
+        "--keys", type=int, default=0, help="spread messages over this many ordering keys"
+    )
+    args = parser.parse_args()
+    django_setup()
+
+    relay_rate, base_rate = bench_relay(args.messages, args.keys)
+    print(f"relay:     {relay_rate:,.0f} msg/s for a {args.messages:,}-message backlog")
+    print(f"baseline:  {base_rate:,.0f} msg/s (py-amqp, window of 100 confirms, no database)")
+    print(f"ratio:     {relay_rate / base_rate:.2f}x of the baseline (target >= 0.60)")
+
+    with_rate, without_rate = bench_publish(args.transactions)
+    print(f"business transaction without publish(): {without_rate:,.0f} tx/s")
+    print(f"business transaction with publish():    {with_rate:,.0f} tx/s")
+    print(f"ratio:     {with_rate / without_rate:.3f}x (target >= 0.74)")
+
+
+def _messages(count: int) -> list[tuple[bytes, dict]]:
+    """The relay's messages, encoded ahead of time: bodies and the same AMQP properties."""
+    from django.utils import timezone
+
+    from outbox.cloudevents import Outgoing, amqp_properties, encode
+
+    now = timezone.now()
+    outgoing = (
+        Outgoing(
+            uuid.uuid4(),
+            "bench.event",
+            None,
+            None,
+            f'{{"n":{i},"text":"payload {i}"}}',
+            {},
+            now,
+            None,
+        )
+        for i in range(count)
+    )
+    return [(encode(m, source="bench"), amqp_properties(m, now=now)) for m in outgoing]
+
+
+def bench_relay(count: int, keys: int) -> tuple[float, float]:
+    import amqp
+    import kombu
+    from django.conf import settings
+    from django.db import connection
+
+    from outbox.conf import broker_url
+    from outbox.models import Message
+    from outbox.relay import Relay
+
+    tag = uuid.uuid4().hex[:8]
+    settings.INBOX_OUTBOX = {
+        **settings.INBOX_OUTBOX,
+        "EXCHANGE": f"bench-{tag}",
+        "SERVICE": f"bench-{tag}",
+    }
+    from outbox.conf import get_settings
+
+    get_settings.cache_clear()
+    url = broker_url()
+    exchange = kombu.Exchange(f"bench-{tag}", "topic", durable=True)
+    queue = kombu.Queue(f"bench-{tag}", exchange=exchange, routing_key="bench.#", durable=True)
+    with kombu.Connection(url) as conn:
+        queue(conn.default_channel).declare()
+
+    # Fill the backlog (not timed).
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE outbox_message, outbox_sequence")
+    from django.db import transaction
+
+    from outbox import publish
+
+    for start in range(0, count, 1000):
+        with transaction.atomic():
+            for i in range(start, min(start + 1000, count)):
+                publish(
+                    "bench.event",
+                    {"n": i, "text": f"payload {i}"},
+                    key=f"k{i % keys}" if keys else None,
+                )
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE outbox_message")
+
+    relay = Relay()
+    started = time.perf_counter()
+    settled = relay.drain()
+    relay_seconds = time.perf_counter() - started
+    relay.publisher.close()
+    assert settled == count, f"relay settled {settled} of {count}"
+    assert Message.objects.sent().count() == count, "not every message was marked sent"
+    _purge(url, queue)
+
+    # Baseline: the same messages (bodies and properties, encoded before the clock starts),
+    # a window of 100 confirms, no database.
+    messages = _messages(count)
+    conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest")
+    conn.connect()
+    channel = conn.channel()
+    channel.confirm_select()
+    outstanding = 0
+
+    def on_ack(tag: int, multiple: bool) -> None:
+        nonlocal outstanding, acked_up_to
+        if multiple:
+            outstanding -= tag - acked_up_to
+            acked_up_to = tag
+        else:
+            outstanding -= 1
+            acked_up_to = max(acked_up_to, tag)
+
+    acked_up_to = 0
+    channel.events["basic_ack"].add(on_ack)
+    started = time.perf_counter()
+    for body, properties in messages:
+        channel.basic_publish(
+            amqp.Message(body, **properties),
+            exchange=f"bench-{tag}",
+            routing_key="bench.event",
+            mandatory=True,
+        )
+        outstanding += 1
+        while outstanding >= 100:
+            conn.drain_events(timeout=30)
+    while outstanding > 0:
+        conn.drain_events(timeout=30)
+    base_seconds = time.perf_counter() - started
+    conn.close()
+    _purge(url, queue, delete=True)
+    with kombu.Connection(url) as c:
+        c.default_channel.exchange_delete(f"bench-{tag}")
+    return count / relay_seconds, count / base_seconds
+
+
+def _purge(url: str, queue, delete: bool = False) -> None:  # type: ignore[no-untyped-def]
+    import kombu
+
+    with kombu.Connection(url) as conn:
+        bound = queue(conn.default_channel)
+        bound.delete() if delete else bound.purge()
+
+
+def bench_publish(transactions: int) -> tuple[float, float]:
+    """Interleave rounds of both variants so drift affects them alike; report the median round."""
+    import statistics
+
+    from django.conf import settings
+    from django.db import transaction
+
+    from outbox import publish
+    from project.shop.models import Order
+
+    settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "NUDGE": True}
+    rounds = 5
+    per_round = max(transactions // rounds, 1)
+    with_rates, without_rates = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for i in range(per_round):
+            with transaction.atomic():
+                Order.objects.create(customer=f"c{i}", amount=1)
+        without_rates.append(per_round / (time.perf_counter() - started))
+        started = time.perf_counter()
+        for i in range(per_round):
+            with transaction.atomic():
+                order = Order.objects.create(customer=f"c{i}", amount=1)
+                publish("orders.placed", {"order_id": order.pk, "amount": "1.00"})
+        with_rates.append(per_round / (time.perf_counter() - started))
+    return statistics.median(with_rates), statistics.median(without_rates)
+
+
+if __name__ == "__main__":
+    main()
