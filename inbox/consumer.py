@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import kombu
-from django.db import DatabaseError, InterfaceError, close_old_connections
+from django.db import DatabaseError, InterfaceError
 
 from outbox.conf import broker_url, get_settings
 
@@ -38,8 +38,12 @@ def service_queue() -> kombu.Queue:
 
 
 def on_message(message: kombu.Message) -> None:
-    """Process one delivery and acknowledge it only once the inbox has it durably."""
-    close_old_connections()
+    """Process one delivery and acknowledge it only once the inbox has it durably.
+
+    The database connection is kept across deliveries (a reconnect per message would cost
+    more than the message); a connection that failed is closed below and reopened by the
+    next delivery.
+    """
     try:
         process_delivery(message.body, dict(message.properties), message.headers)
     except (DatabaseError, InterfaceError) as exc:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from celery.utils.time import get_exponential_backoff_interval
-from django.db import DatabaseError, close_old_connections, connections, router, transaction
+from django.db import DatabaseError, connections, router, transaction
 from django.db.models import F, Min, Q, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
@@ -274,8 +274,9 @@ class Relay:
         listener = None
         outage = 0
         try:
+            # One database connection for the life of the loop: a failed one is closed in the
+            # DatabaseError branch and reopened by the next query.
             while not stop.is_set():
-                close_old_connections()
                 try:
                     if listener is None:
                         listener = self._listen()
