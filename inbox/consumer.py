@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import kombu
-from django.db import DatabaseError, InterfaceError
+from django.db import DatabaseError, InterfaceError, connections
 
 from outbox.conf import broker_url, get_settings
 
-from .processing import process_delivery
+from .processing import process_batch, process_delivery
 from .registry import registry
 
 logger = logging.getLogger(__name__)
 
-#: How long to pause before requeueing a delivery the database could not take.
+#: How long to pause before requeueing deliveries the database could not take.
 DATABASE_DOWN_PAUSE = 1.0
 
 
@@ -37,30 +39,65 @@ def service_queue() -> kombu.Queue:
     )
 
 
-def on_message(message: kombu.Message) -> None:
-    """Process one delivery and acknowledge it only once the inbox has it durably.
+class Receiver:
+    """Buffers deliveries and handles them in batches; acknowledges only after commit.
 
-    The database connection is kept across deliveries (a reconnect per message would cost
-    more than the message); a connection that failed is closed below and reopened by the
-    next delivery.
+    A batch is handled when it reaches ``INBOX_BATCH_SIZE`` deliveries or when
+    ``flush()`` is called, which the caller schedules ``INBOX_BATCH_DELAY`` after the
+    first buffered delivery. The database connection is kept across batches (a
+    reconnect per message would cost more than the message); a failed connection is
+    closed and reopened by the next batch.
     """
-    try:
-        process_delivery(message.body, dict(message.properties), message.headers)
-    except (DatabaseError, InterfaceError) as exc:
-        # Nothing is durable: hand the delivery back to the broker and slow down.
-        logger.warning("inbox: database unavailable (%s); requeueing message", exc)
-        from django.db import connections
 
-        for conn in connections.all(initialized_only=True):
-            conn.close_if_unusable_or_obsolete()
-        time.sleep(DATABASE_DOWN_PAUSE)
-        message.requeue()
-        return
-    message.ack()
+    def __init__(
+        self, *, schedule: Callable[[float, Callable[[], None]], Any] | None = None
+    ) -> None:
+        conf = get_settings()
+        self.batch_size = max(1, conf.inbox_batch_size)
+        self.delay = conf.inbox_batch_delay
+        self.schedule = schedule
+        self.pending: list[kombu.Message] = []
+        self.handled = 0
+        self._lock = threading.RLock()
+
+    def __call__(self, message: kombu.Message) -> None:
+        with self._lock:
+            self.pending.append(message)
+            count = len(self.pending)
+        if count >= self.batch_size:
+            self.flush()
+        elif count == 1 and self.schedule is not None:
+            self.schedule(self.delay, self.flush)
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self.pending = self.pending, []
+            if not batch:
+                return
+            deliveries = [(m.body, dict(m.properties), m.headers) for m in batch]
+            try:
+                if len(batch) == 1:
+                    process_delivery(*deliveries[0])
+                else:
+                    process_batch(deliveries)
+            except (DatabaseError, InterfaceError) as exc:
+                # Nothing is durable: hand the deliveries back to the broker and slow down.
+                logger.warning(
+                    "inbox: database unavailable (%s); requeueing %d message(s)", exc, len(batch)
+                )
+                for conn in connections.all(initialized_only=True):
+                    conn.close_if_unusable_or_obsolete()
+                time.sleep(DATABASE_DOWN_PAUSE)
+                for message in batch:
+                    message.requeue()
+                return
+            for message in batch:
+                message.ack()
+            self.handled += len(batch)
 
 
 class QueueConsumer:
-    """A plain kombu consumer of the service queue, for ``manage.py inbox_consume`` and the demo."""
+    """A plain kombu consumer of the service queue, outside Celery (the demo uses it)."""
 
     def __init__(
         self, url: str | None = None, *, connection: kombu.Connection | None = None
@@ -71,49 +108,24 @@ class QueueConsumer:
     def declare(self) -> None:
         self.queue(self.connection.default_channel).declare()
 
-    def drain(self, *, idle_timeout: float = 1.0, max_messages: int | None = None) -> int:
+    def drain(self, *, idle_timeout: float = 1.0) -> int:
         """Consume until no message arrives for ``idle_timeout`` seconds; return the count."""
-        count = 0
-
-        def _on_message(message: kombu.Message) -> None:
-            nonlocal count
-            on_message(message)
-            count += 1
-
+        receiver = Receiver()
+        idle_since = time.monotonic()
         with kombu.Consumer(
             self.connection.default_channel,
             queues=[self.queue],
-            on_message=_on_message,
+            on_message=receiver,
             prefetch_count=get_settings().prefetch_count,
         ):
-            while max_messages is None or count < max_messages:
+            while time.monotonic() - idle_since < idle_timeout:
                 try:
-                    self.connection.drain_events(timeout=idle_timeout)
+                    self.connection.drain_events(timeout=receiver.delay or 0.01)
+                    idle_since = time.monotonic()
                 except TimeoutError:
-                    break
-        return count
-
-    def run(self, stop: Any) -> None:
-        """Consume until ``stop`` (a threading.Event) is set, reconnecting on failures."""
-        while not stop.is_set():
-            try:
-                self.declare()
-                with kombu.Consumer(
-                    self.connection.default_channel,
-                    queues=[self.queue],
-                    on_message=on_message,
-                    prefetch_count=get_settings().prefetch_count,
-                ):
-                    while not stop.is_set():
-                        try:
-                            self.connection.drain_events(timeout=1.0)
-                        except TimeoutError:
-                            continue
-            except self.connection.recoverable_connection_errors as exc:
-                logger.warning("inbox: broker connection lost (%s); reconnecting", exc)
-                self.connection.collect()
-                stop.wait(1.0)
-                self.connection = self.connection.clone()
+                    receiver.flush()
+            receiver.flush()
+        return receiver.handled
 
     def close(self) -> None:
         self.connection.release()

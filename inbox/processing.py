@@ -250,39 +250,94 @@ def handle(
 ) -> Outcome:
     """Deliver ``env`` to one handler, exactly once in effect."""
     alias = _alias(using)
-    consumer = handler.consumer
-    keyed = _is_keyed(env.topic, env.key, env.sequence)
     try:
         with transaction.atomic(using=alias):
-            if keyed:
-                assert env.key is not None and env.sequence is not None
-                last = _lock_progress(alias, consumer, env.topic, env.key)
-                if env.sequence > last + 1:
-                    _insert(
-                        alias,
-                        consumer=consumer,
-                        message_id=env.id,
-                        status=Status.WAITING,
-                        envelope=env,
-                        raw=raw,
-                        attempts=0,
-                    )
-                    return Outcome.WAITING
-            if not _insert(
-                alias, consumer=consumer, message_id=env.id, status=Status.DONE, envelope=env
-            ):
-                return Outcome.DUPLICATE
-            handler.func(_message(env, 1))
-            if keyed:
-                _advance(alias, consumer, env.topic, env.key, env.sequence)  # type: ignore[arg-type]
+            outcome = _handle_in_transaction(alias, handler, env, raw)
     except Exception as exc:
         outcome = _record_failure(alias, handler, env, raw, exc)
-        if outcome is Outcome.DEAD and keyed:
-            drain_key(handler, env.topic, env.key, using=alias)  # type: ignore[arg-type]
-        return outcome
-    if keyed:
+    if outcome in (Outcome.DONE, Outcome.DEAD) and _is_keyed(env.topic, env.key, env.sequence):
         drain_key(handler, env.topic, env.key, using=alias)  # type: ignore[arg-type]
+    return outcome
+
+
+def _handle_in_transaction(
+    alias: str, handler: Handler, env: Envelope, raw: bytes | None
+) -> Outcome:
+    """Record ``env`` for ``handler`` and run it, inside the caller's transaction.
+
+    A handler's exception propagates: the caller rolls back and records the failure.
+    """
+    consumer = handler.consumer
+    keyed = _is_keyed(env.topic, env.key, env.sequence)
+    if keyed:
+        assert env.key is not None and env.sequence is not None
+        last = _lock_progress(alias, consumer, env.topic, env.key)
+        if env.sequence > last + 1:
+            status, attempts = Status.WAITING, 0
+            _insert(
+                alias,
+                consumer=consumer,
+                message_id=env.id,
+                status=status,
+                envelope=env,
+                raw=raw,
+                attempts=attempts,
+            )
+            return Outcome.WAITING
+    if not _insert(alias, consumer=consumer, message_id=env.id, status=Status.DONE, envelope=env):
+        return Outcome.DUPLICATE
+    handler.func(_message(env, 1))
+    if keyed:
+        _advance(alias, consumer, env.topic, env.key, env.sequence)  # type: ignore[arg-type]
     return Outcome.DONE
+
+
+class _NotBatchable(Exception):
+    """A delivery in the batch needs the one-at-a-time path (rejected or unknown topic)."""
+
+
+def process_batch(
+    deliveries: list[tuple[bytes | str, dict[str, Any], dict[str, Any] | None]],
+    *,
+    using: str | None = None,
+) -> None:
+    """Handle several deliveries in one transaction: one commit instead of one each.
+
+    Optimistic: if anything in the batch raises (a handler fails, a message is malformed,
+    two workers' batches deadlock), the whole transaction rolls back and every delivery is
+    then handled on its own by :func:`process_delivery`, which isolates failures. So the
+    outcome per message is the same as one at a time; only the number of commits differs.
+    Handlers' side effects outside the database may therefore run more than once, as they
+    may on any redelivery.
+    """
+    conf = get_settings()
+    alias = _alias(using)
+    drains: dict[tuple[str, str, str], Handler] = {}
+    try:
+        with transaction.atomic(using=alias):
+            for body, properties, headers in deliveries:
+                raw = body.encode() if isinstance(body, str) else bytes(body)
+                try:
+                    env = parse(raw, properties, headers, max_bytes=conf.max_body_bytes)
+                except InvalidMessage as exc:
+                    raise _NotBatchable from exc
+                handlers = registry.for_topic(env.topic)
+                if not handlers:
+                    raise _NotBatchable
+                for handler in handlers:
+                    outcome = _handle_in_transaction(alias, handler, env, raw)
+                    if outcome is Outcome.DONE and _is_keyed(env.topic, env.key, env.sequence):
+                        drains[(handler.consumer, env.topic, env.key)] = handler  # type: ignore[index]
+    except Exception as exc:
+        if not isinstance(exc, _NotBatchable):
+            logger.debug(
+                "inbox: batch of %d rolled back (%s); handling one at a time", len(deliveries), exc
+            )
+        for body, properties, headers in deliveries:
+            process_delivery(body, properties, headers, using=alias)
+        return
+    for (_, topic, key), handler in drains.items():
+        drain_key(handler, topic, key, using=alias)
 
 
 def _record_failure(

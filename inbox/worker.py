@@ -3,7 +3,7 @@
 It is added to every worker of a Django project that installs the inbox app, so
 ``celery -A project worker`` consumes with no further wiring. It runs in the
 worker's main process, on the worker's own broker connection, and acknowledges
-each delivery only after the inbox transaction commits.
+each delivery only after the inbox transaction that holds it commits.
 """
 
 from __future__ import annotations
@@ -15,24 +15,36 @@ from celery import bootsteps
 
 from outbox.conf import get_settings
 
-from .consumer import on_message, service_queue
+from .consumer import Receiver, service_queue
 from .registry import registry
 
 
 class InboxConsumerStep(bootsteps.ConsumerStep):
     """Consumes the service's queue in the worker's main process."""
 
+    receiver: Receiver | None = None
+
+    def start(self, c: Any) -> None:
+        # The worker's timer runs in its event loop, so batches flush on the consuming thread.
+        self.receiver = Receiver(schedule=lambda delay, fn: c.timer.call_after(delay, fn))
+        super().start(c)
+
     def get_consumers(self, channel: Any) -> list[kombu.Consumer]:
-        if not registry.topics():
+        if not registry.topics() or self.receiver is None:
             return []
         return [
             kombu.Consumer(
                 channel,
                 queues=[service_queue()],
-                on_message=on_message,
+                on_message=self.receiver,
                 prefetch_count=get_settings().prefetch_count,
             )
         ]
+
+    def stop(self, c: Any) -> None:
+        if self.receiver is not None:
+            self.receiver.flush()
+        super().stop(c)
 
 
 def install(sender: Any = None, instance: Any = None, **kwargs: Any) -> None:
