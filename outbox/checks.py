@@ -58,6 +58,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         "inbox_max_attempts",
         "prefetch_count",
         "max_body_bytes",
+        "inbox_batch_size",
     ):
         value = getattr(conf, name)
         if not isinstance(value, int) or value < 1:
