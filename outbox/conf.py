@@ -34,6 +34,7 @@ class Settings:
     require_atomic: bool = False
     max_payload_bytes: int = 256 * 1024
     nudge: bool = True
+    nudge_interval: float = 0.005
 
     # Outbox: relay.
     relay_batch_size: int = 500

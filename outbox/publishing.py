@@ -11,6 +11,7 @@ from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connections, router, transaction
+from django.db.models.base import ModelState
 from django.utils import timezone
 from uuid6 import uuid7
 
@@ -21,6 +22,8 @@ from .models import Message, Status
 NOTIFY_CHANNEL = "outbox_relay"
 
 #: Columns publish() writes, with the SQL for each value: %s takes a parameter.
+#: Optional columns that are absent get the literal in ``_ABSENT`` instead, so that the
+#: common message binds five parameters rather than ten.
 _VALUES = {
     "id": "%s",
     "topic": "%s",
@@ -39,6 +42,15 @@ _VALUES = {
 }
 
 
+_ABSENT = {
+    "key": "NULL",
+    "sequence": "NULL",
+    "headers": "'{}'",
+    "dedup_key": "NULL",
+    "expires_at": "NULL",
+}
+
+
 def _dumps(value: Any, what: str, topic: str) -> str:
     try:
         return json.dumps(value, cls=DjangoJSONEncoder, ensure_ascii=False, separators=(",", ":"))
@@ -51,10 +63,14 @@ def _dumps(value: Any, what: str, topic: str) -> str:
 
 
 @functools.cache
-def _insert_sql(vendor: str, nudge: bool) -> str:
-    values = dict(_VALUES)
+def _insert_sql(vendor: str, nudge: bool, absent: frozenset[str] = frozenset()) -> str:
+    values = {
+        column: _ABSENT[column] if column in absent else sql for column, sql in _VALUES.items()
+    }
     if vendor == "postgresql":
-        values["payload"] = values["headers"] = "%s::jsonb"
+        values["payload"] = "%s::jsonb"
+        if "headers" not in absent:
+            values["headers"] = "%s::jsonb"
     sql = (
         f"INSERT INTO {Message._meta.db_table} ({', '.join(values)}) "
         f"VALUES ({', '.join(values.values())})"
@@ -132,7 +148,7 @@ def publish(
             "to the data (an id or URL) instead of the data itself, or raise the limit."
         )
     headers = dict(headers or {})
-    headers_json = _dumps(headers, "headers", topic)
+    headers_json = _dumps(headers, "headers", topic) if headers else None
 
     now = timezone.now()
     expires_at = None
@@ -182,6 +198,17 @@ def publish(
     )
 
 
+def _cursor(connection: Any) -> Any:
+    """A cursor kept per database connection: creating one costs as much as the insert's
+    Python side. A reconnect gives a new raw connection, and with it a new cursor."""
+    cached = connection.__dict__.get("_outbox_cursor")
+    if cached is not None and cached[0] is connection.connection and not cached[1].cursor.closed:
+        return cached[1]
+    cursor = connection.cursor()
+    connection._outbox_cursor = (connection.connection, cursor)
+    return cursor
+
+
 def _insert(
     connection: Any,
     alias: str,
@@ -190,36 +217,40 @@ def _insert(
     payload: Any,
     payload_json: str,
     headers: dict[str, Any],
-    headers_json: str,
+    headers_json: str | None,
     dedup_key: str | None,
     now: dt.datetime,
     expires_at: dt.datetime | None,
 ) -> Message:
     vendor = connection.vendor
     ops = connection.ops
-    with connection.cursor() as cursor:
-        sequence = _next_sequence(cursor, vendor, topic, key) if key is not None else None
-        message_id = uuid7()
-        now_db = ops.adapt_datetimefield_value(now)
-        nudge = get_settings().nudge
-        cursor.execute(
-            _insert_sql(vendor, nudge),
-            [
-                message_id if connection.features.has_native_uuid_field else message_id.hex,
-                topic,
-                key,
-                sequence,
-                payload_json,
-                headers_json,
-                dedup_key,
-                now_db,
-                now_db,
-                ops.adapt_datetimefield_value(expires_at) if expires_at else None,
-            ],
-        )
-    if vendor != "postgresql" and nudge:
+    cursor = _cursor(connection)
+    sequence = _next_sequence(cursor, vendor, topic, key) if key is not None else None
+    message_id = uuid7()
+    now_db = ops.adapt_datetimefield_value(now)
+    notify = vendor == "postgresql" and _nudge_due(connection)
+    row = {
+        "id": message_id if connection.features.has_native_uuid_field else message_id.hex,
+        "topic": topic,
+        "key": key,
+        "sequence": sequence,
+        "payload": payload_json,
+        "headers": headers_json,
+        "dedup_key": dedup_key,
+        "available_at": now_db,
+        "created_at": now_db,
+        "expires_at": ops.adapt_datetimefield_value(expires_at) if expires_at else None,
+    }
+    absent = frozenset(c for c in _ABSENT if row[c] is None)
+    cursor.execute(
+        _insert_sql(vendor, notify, absent), [v for c, v in row.items() if c not in absent]
+    )
+    if notify:
+        transaction.on_commit(_nudged, using=alias)
+    elif vendor != "postgresql" and _nudge_due(connection):
         transaction.on_commit(_nudge_task, using=alias)
-    message = Message(
+    return _instance(
+        alias,
         id=message_id,
         topic=topic,
         key=key,
@@ -227,11 +258,29 @@ def _insert(
         payload=payload,
         headers=headers,
         dedup_key=dedup_key,
-        status=Status.PENDING,
         available_at=now,
         created_at=now,
         expires_at=expires_at,
     )
+
+
+def _instance(alias: str, **values: Any) -> Message:
+    """The row just inserted, as a saved model instance.
+
+    Built as Django builds unpickled instances (``__new__`` plus field values), skipping
+    ``__init__``'s argument handling, which would cost more than the insert's Python side.
+    """
+    message = Message.__new__(Message)
+    message.__dict__.update(
+        status=Status.PENDING,
+        attempts=0,
+        lease_owner="",
+        lease_until=None,
+        sent_at=None,
+        last_error="",
+        **values,
+    )
+    message._state = ModelState()
     message._state.adding = False
     message._state.db = alias
     return message
@@ -239,17 +288,38 @@ def _insert(
 
 _last_nudge = 0.0
 _nudge_lock = threading.Lock()
-NUDGE_INTERVAL = 0.05
+
+
+def _nudge_due(connection: Any) -> bool:
+    """Whether this publish should nudge: on, not yet nudged in this transaction, and no
+    nudge committed by this process in the last interval.
+
+    PostgreSQL serializes the commits of transactions that NOTIFY, so one NOTIFY per
+    transaction would cost more than the insert itself under load.
+    """
+    if not get_settings().nudge:
+        return False
+    # Our commit hook is in the list while this transaction (or a savepoint of it that
+    # was not rolled back, which would also have discarded the NOTIFY) carries a nudge.
+    if connection.in_atomic_block and any(
+        e[1] in (_nudged, _nudge_task) for e in connection.run_on_commit
+    ):
+        return False
+    return time.monotonic() - _last_nudge >= get_settings().nudge_interval
+
+
+def _nudged() -> None:
+    """Called on commit of a transaction that carried a nudge (never on rollback)."""
+    global _last_nudge
+    _last_nudge = time.monotonic()
 
 
 def _nudge_task() -> None:
-    """Wake a Celery relay after commit, at most once per ``NUDGE_INTERVAL`` per process."""
-    global _last_nudge
+    """Wake a Celery relay after commit (for databases without NOTIFY)."""
     with _nudge_lock:
-        now = time.monotonic()
-        if now - _last_nudge < NUDGE_INTERVAL:
+        if time.monotonic() - _last_nudge < get_settings().nudge_interval:
             return
-        _last_nudge = now
+        _nudged()
     from .tasks import relay
 
     try:

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -257,15 +258,23 @@ class Relay:
             logger.error("outbox: message %s is dead after %d attempts: %s", mid, attempts, error)
 
     # -- loops ----------------------------------------------------------------------
-    def drain(self, *, max_batches: int | None = None) -> int:
-        """Publish until nothing is due (or ``max_batches``); return rows settled."""
+    def drain(self, *, max_batches: int | None = None, linger: bool = False) -> int:
+        """Publish until nothing is due (or ``max_batches``); return rows settled.
+
+        With ``linger``, look once more ``2 * NUDGE_INTERVAL`` seconds after finding nothing, for
+        messages whose publishers folded their nudge into the one that started this drain.
+        """
         total = batches = 0
+        lingered = not linger
         while max_batches is None or batches < max_batches:
             settled = self.run_once()
             batches += 1
             total += settled
             if not settled:
-                break
+                if lingered:
+                    break
+                lingered = True
+                time.sleep(2 * get_settings().nudge_interval)
         return total
 
     def run(self, stop: threading.Event, *, on_batch: Callable[[int], None] | None = None) -> None:
@@ -273,6 +282,7 @@ class Relay:
         conf = get_settings()
         listener = None
         outage = 0
+        lingered = False  # also look again shortly after start-up: a nudge may predate LISTEN
         try:
             # One database connection for the life of the loop: a failed one is closed in the
             # DatabaseError branch and reopened by the next query.
@@ -302,7 +312,14 @@ class Relay:
                     continue
                 if on_batch is not None:
                     on_batch(settled)
-                if not settled:
+                if settled:
+                    lingered = False
+                elif not lingered:
+                    # A process folds nudges that come within NUDGE_INTERVAL of each other:
+                    # look once more shortly, in case this batch's nudge stood for a later commit.
+                    lingered = True
+                    listener = self._wait(listener, 2 * conf.nudge_interval, stop)
+                else:
                     listener = self._wait(listener, conf.relay_poll_interval, stop)
         finally:
             _close(listener)

@@ -15,6 +15,6 @@ def relay() -> int:
 
     relay = Relay()
     try:
-        return relay.drain(max_batches=MAX_BATCHES_PER_TASK)
+        return relay.drain(max_batches=MAX_BATCHES_PER_TASK, linger=True)
     finally:
         relay.publisher.close()

@@ -86,6 +86,8 @@ INBOX_OUTBOX = {
     "SERVICE": env("SERVICE_NAME", default="shop"),
     "EXCHANGE": env("EVENTS_EXCHANGE", default="events"),
     "RETENTION_DAYS": env.float("RETENTION_DAYS", default=None),
+    "RELAY_POLL_INTERVAL": env.float("RELAY_POLL_INTERVAL", default=1.0),
+    "NUDGE_INTERVAL": env.float("NUDGE_INTERVAL", default=0.005),
 }
 
 LOGGING = {

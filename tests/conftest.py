@@ -88,15 +88,15 @@ class Processes:
         return env
 
     def start(self, *args: str, name: str, **env: str) -> subprocess.Popen:
-        log = open(self.tmp_path / f"{name}.log", "ab")  # noqa: SIM115  (closed at teardown)
-        proc = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=ROOT,
-            env=self.env(**env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(self.tmp_path / f"{name}.log", "ab") as log:  # the child keeps its own copy
+            proc = subprocess.Popen(
+                [sys.executable, *args],
+                cwd=ROOT,
+                env=self.env(**env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         proc.log_path = self.tmp_path / f"{name}.log"  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
