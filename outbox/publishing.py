@@ -202,7 +202,11 @@ def _cursor(connection: Any) -> Any:
     """A cursor kept per database connection: creating one costs as much as the insert's
     Python side. A reconnect gives a new raw connection, and with it a new cursor."""
     cached = connection.__dict__.get("_outbox_cursor")
-    if cached is not None and cached[0] is connection.connection and not cached[1].cursor.closed:
+    if (
+        cached is not None
+        and cached[0] is connection.connection
+        and not getattr(cached[1].cursor, "closed", False)
+    ):
         return cached[1]
     cursor = connection.cursor()
     connection._outbox_cursor = (connection.connection, cursor)
