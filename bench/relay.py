@@ -110,7 +110,7 @@ def bench_relay(count: int, keys: int) -> tuple[float, float]:
     started = time.perf_counter()
     settled = relay.drain()
     relay_seconds = time.perf_counter() - started
-    relay.publisher.close()
+    relay.close()
     assert settled == count, f"relay settled {settled} of {count}"
     assert Message.objects.sent().count() == count, "not every message was marked sent"
     _purge(url, queue)

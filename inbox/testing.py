@@ -68,8 +68,13 @@ def deliver_outbox(*, using: str | None = None) -> list[dict[str, Outcome]]:
     outcomes: list[dict[str, Outcome]] = []
 
     class InMemoryPublisher(Publisher):
-        def publish(self, batch: Sequence[Outgoing]) -> BatchResult:
-            result = BatchResult()
+        result = BatchResult()
+
+        def collect(self) -> BatchResult:
+            return self.result
+
+        def send(self, batch: Sequence[Outgoing]) -> None:
+            self.result = result = BatchResult()
             for message in batch:
                 body = encode(message, source=get_settings().service)
                 outcomes.append(
@@ -85,7 +90,6 @@ def deliver_outbox(*, using: str | None = None) -> list[dict[str, Outcome]]:
                     )
                 )
                 result.sent.add(message.id)
-            return result
 
     Relay(using=using, publisher=InMemoryPublisher()).drain()
     return outcomes

@@ -43,13 +43,25 @@ class BatchResult:
 
 
 class Publisher:
-    """Interface of a batch publisher."""
+    """Interface of a batch publisher: ``send`` a batch, later ``collect`` its outcome.
 
-    def publish(self, batch: Sequence[Outgoing]) -> BatchResult:
+    Between the two the caller may do other work (the relay claims its next batch) while
+    the broker's confirms are on their way. At most one batch is outstanding.
+    """
+
+    def send(self, batch: Sequence[Outgoing]) -> None:
         raise NotImplementedError
 
+    def collect(self) -> BatchResult:
+        """Wait for the outcome of the last ``send``; raise ``BrokerUnavailable`` if none came."""
+        raise NotImplementedError
+
+    def publish(self, batch: Sequence[Outgoing]) -> BatchResult:
+        self.send(batch)
+        return self.collect()
+
     def close(self) -> None:
-        """Release the connection; the next publish reconnects."""
+        """Release the connection; the next send reconnects."""
 
 
 class AmqpPublisher(Publisher):
@@ -74,6 +86,8 @@ class AmqpPublisher(Publisher):
         self._next_tag = 0
         self._in_flight: dict[int, uuid.UUID] = {}
         self._result = BatchResult()
+        self._send_error: Exception | None = None
+        self._errors: tuple[type[BaseException], ...] = (OSError,)
 
     def _ensure_channel(self) -> amqp.Channel:
         if self._channel is not None and self._channel.is_open:
@@ -94,6 +108,7 @@ class AmqpPublisher(Publisher):
         channel.events["basic_nack"].add(self._on_nack)
         channel.events["basic_return"].add(self._on_return)
         self._connection, self._channel, self._next_tag = connection, channel, 0
+        self._errors = (*connection.connection_errors, *connection.channel_errors, OSError)
         return channel
 
     def _settle(self, delivery_tag: int, multiple: bool, error: str | None) -> None:
@@ -130,25 +145,31 @@ class AmqpPublisher(Publisher):
         if message_id:
             self._result.unroutable.add(uuid.UUID(message_id))
 
-    def publish(self, batch: Sequence[Outgoing]) -> BatchResult:
+    def send(self, batch: Sequence[Outgoing]) -> None:
         channel = self._ensure_channel()
-        assert self._connection is not None
         self._result = BatchResult()
         self._in_flight = {}
+        self._send_error = None
         now = timezone.now()
-        errors = (*self._connection.connection_errors, *self._connection.channel_errors, OSError)
         try:
             for message in batch:
-                body = encode(message, source=self.source)
-                props = amqp_properties(message, now=now)
                 channel.basic_publish(
-                    amqp.Message(body, **props),
+                    amqp.Message(
+                        encode(message, source=self.source), **amqp_properties(message, now=now)
+                    ),
                     exchange=self.exchange,
                     routing_key=message.topic,
                     mandatory=True,
                 )
                 self._next_tag += 1
                 self._in_flight[self._next_tag] = message.id
+        except self._errors as exc:
+            self._send_error = exc  # reported by collect(), with whatever was confirmed
+
+    def collect(self) -> BatchResult:
+        try:
+            if self._send_error is not None:
+                raise self._send_error
             deadline = time.monotonic() + self.confirm_timeout
             while self._in_flight:
                 remaining = deadline - time.monotonic()
@@ -157,8 +178,9 @@ class AmqpPublisher(Publisher):
                         f"{len(self._in_flight)} publisher confirms did not arrive "
                         f"within {self.confirm_timeout}s"
                     )
+                assert self._connection is not None
                 self._connection.drain_events(timeout=remaining)
-        except (*errors, TimeoutError) as exc:
+        except (*self._errors, TimeoutError) as exc:
             self.close()
             if self._result.sent or self._result.failed or self._result.unroutable:
                 logger.warning("outbox: broker connection lost mid-batch: %s", exc)
@@ -184,9 +206,12 @@ class KombuPublisher(Publisher):
         self.exchange = kombu.Exchange(exchange, "topic", durable=True)
         self.source = source
         self._producer: kombu.Producer | None = None
+        self._result = BatchResult()
+        self._send_error: Exception | None = None
 
-    def publish(self, batch: Sequence[Outgoing]) -> BatchResult:
-        result = BatchResult()
+    def send(self, batch: Sequence[Outgoing]) -> None:
+        self._result = result = BatchResult()
+        self._send_error = None
         now = timezone.now()
         try:
             if self._producer is None:
@@ -211,10 +236,12 @@ class KombuPublisher(Publisher):
             OSError,
         ) as exc:
             self.close()
-            if result.sent:
-                return result
-            raise BrokerUnavailable(f"publishing to the broker failed: {exc}") from exc
-        return result
+            self._send_error = exc
+
+    def collect(self) -> BatchResult:
+        if self._send_error is not None and not self._result.sent:
+            raise BrokerUnavailable(f"publishing to the broker failed: {self._send_error}")
+        return self._result
 
     def close(self) -> None:
         self._producer = None

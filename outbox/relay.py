@@ -76,10 +76,17 @@ class Relay:
             confirm_timeout=conf.relay_confirm_timeout,
         )
         self.stats: dict[str, int] = defaultdict(int)
+        self._in_flight: list[Outgoing] | None = None
 
     # -- one batch -----------------------------------------------------------------
     def run_once(self) -> int:
-        """Claim, publish and record one batch; return how many rows it settled."""
+        """Claim the next batch, settle the one in flight, send the new one.
+
+        The next claim runs while the previous batch's confirms travel, so database and
+        broker work overlap. It cannot take a later message of a key in flight: that key's
+        head is still unsent (leased by us). Returns how many rows were settled (sent,
+        failed, dead or expired); :attr:`busy` tells whether a batch is still in flight.
+        """
         batch, expired = self._claim()
         if expired:
             self._messages(expired).update(
@@ -89,15 +96,46 @@ class Relay:
                 last_error="expired before it could be published",
             )
             self.stats["expired"] += len(expired)
-        if not batch:
-            return len(expired)
         try:
-            result = self.publisher.publish(batch)
+            settled = len(expired) + self._finish()
+            if batch:
+                self.publisher.send(batch)
+                self._in_flight = batch
         except BrokerUnavailable:
-            self._messages([m.id for m in batch]).update(lease_owner="", lease_until=None)
+            self._release(batch)
+            raise
+        return settled
+
+    @property
+    def busy(self) -> bool:
+        return self._in_flight is not None
+
+    def _finish(self) -> int:
+        """Collect and record the batch in flight, if any; return its size."""
+        batch, self._in_flight = self._in_flight, None
+        if batch is None:
+            return 0
+        try:
+            result = self.publisher.collect()
+        except BrokerUnavailable:
+            self._release(batch)
             raise
         self._record(batch, result)
-        return len(batch) + len(expired)
+        return len(batch)
+
+    def _release(self, batch: list[Outgoing]) -> None:
+        """Give up our leases without charging an attempt (the broker is at fault)."""
+        if batch:
+            self._messages([m.id for m in batch]).update(lease_owner="", lease_until=None)
+
+    def close(self) -> None:
+        """Settle the batch in flight and release the broker connection."""
+        try:
+            self._finish()
+        except BrokerUnavailable as exc:
+            logger.warning("outbox relay: in-flight batch left for the next relay: %s", exc)
+        finally:
+            self.publisher.close()
 
     def _messages(self, ids: list[uuid.UUID]):  # type: ignore[no-untyped-def]
         """Our leased rows among ``ids``: the only rows this relay may write back."""
@@ -266,15 +304,18 @@ class Relay:
         """
         total = batches = 0
         lingered = not linger
-        while max_batches is None or batches < max_batches:
-            settled = self.run_once()
-            batches += 1
-            total += settled
-            if not settled:
-                if lingered:
-                    break
-                lingered = True
-                time.sleep(2 * get_settings().nudge_interval)
+        try:
+            while max_batches is None or batches < max_batches:
+                settled = self.run_once()
+                batches += 1
+                total += settled
+                if not settled and not self.busy:
+                    if lingered:
+                        break
+                    lingered = True
+                    time.sleep(2 * get_settings().nudge_interval)
+        finally:
+            total += self._finish()
         return total
 
     def run(self, stop: threading.Event, *, on_batch: Callable[[int], None] | None = None) -> None:
@@ -312,7 +353,7 @@ class Relay:
                     continue
                 if on_batch is not None:
                     on_batch(settled)
-                if settled:
+                if settled or self.busy:
                     lingered = False
                 elif not lingered:
                     # A process folds nudges that come within NUDGE_INTERVAL of each other:
@@ -323,7 +364,7 @@ class Relay:
                     listener = self._wait(listener, conf.relay_poll_interval, stop)
         finally:
             _close(listener)
-            self.publisher.close()
+            self.close()
 
     def _listen(self):  # type: ignore[no-untyped-def]
         wrapper = connections[self.using]

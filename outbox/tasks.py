@@ -17,4 +17,4 @@ def relay() -> int:
     try:
         return relay.drain(max_batches=MAX_BATCHES_PER_TASK, linger=True)
     finally:
-        relay.publisher.close()
+        relay.close()

@@ -31,7 +31,7 @@ def test_committed_message_reaches_the_broker_and_rolled_back_one_does_not(names
 
     relay = Relay()
     assert relay.drain() == 1
-    relay.publisher.close()
+    relay.close()
 
     [delivered] = read_queue(broker_url, queue)
     body = json.loads(delivered.body)

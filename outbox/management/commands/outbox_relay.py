@@ -44,7 +44,7 @@ class Command(BaseCommand):
                     f"{exc}. Nothing was lost; run the relay again when the broker is back."
                 ) from exc
             finally:
-                relay.publisher.close()
+                relay.close()
             self.stdout.write(
                 f"outbox relay: settled {settled} message(s) "
                 f"({dict(relay.stats) or 'nothing due'})."

@@ -65,7 +65,7 @@ class Command(BaseCommand):
         out("\n2. The relay publishes them to the broker and marks them sent:")
         relay = Relay()
         relay.drain()
-        relay.publisher.close()
+        relay.close()
         out(f"   relay: {dict(relay.stats)}")
 
         out("\n3. The consumer handles each message in one transaction with its inbox row:")
@@ -80,7 +80,7 @@ class Command(BaseCommand):
         Message.objects.filter(id__in=ids).update(status="pending")
         relay = Relay()
         relay.drain()
-        relay.publisher.close()
+        relay.close()
         handled = consumer.drain(idle_timeout=1.0)
         again = Shipment.objects.count() - before
         out(f"   consumed {handled} duplicate(s); shipments now: {again} (unchanged: exactly once)")
