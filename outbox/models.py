@@ -64,7 +64,6 @@ class Message(models.Model):
         max_length=255,
         null=True,
         blank=True,
-        unique=True,
         help_text="Producer-side de-duplication: a second publish with this key is a no-op.",
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
@@ -86,6 +85,14 @@ class Message(models.Model):
         permissions = [
             ("replay_message", "Can replay outbox messages"),
             ("purge_message", "Can purge outbox messages"),
+        ]
+        constraints = [
+            # Partial: the many messages without a dedup key cost no index entry.
+            models.UniqueConstraint(
+                fields=["dedup_key"],
+                condition=models.Q(dedup_key__isnull=False),
+                name="outbox_dedup_key_uniq",
+            ),
         ]
         indexes = [
             # The relay's claim: O(batch) however many sent rows the table holds.
