@@ -18,8 +18,6 @@ import enum
 import json
 import logging
 import traceback as tb
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -374,17 +372,6 @@ def _stored_envelope(row: InboxMessage) -> Envelope:
     )
 
 
-@contextmanager
-def _savepoint(alias: str) -> Iterator[None]:
-    sid = transaction.savepoint(using=alias)
-    try:
-        yield
-    except BaseException:
-        transaction.savepoint_rollback(sid, using=alias)
-        raise
-    transaction.savepoint_commit(sid, using=alias)
-
-
 def _run_stored(alias: str, handler: Handler, row: InboxMessage) -> Outcome:
     """Run a stored (waiting or failed) row's handler inside the caller's transaction.
 
@@ -394,7 +381,7 @@ def _run_stored(alias: str, handler: Handler, row: InboxMessage) -> Outcome:
     attempt = row.attempts + 1
     keyed = _is_keyed(row.topic, row.key, row.sequence)
     try:
-        with _savepoint(alias):
+        with transaction.atomic(using=alias):  # a savepoint: the handler's writes only
             handler.func(_message(_stored_envelope(row), attempt))
     except Exception as exc:
         status, next_at = _failure(handler, exc, attempt)

@@ -40,18 +40,17 @@ logger = logging.getLogger(__name__)
 
 
 def backoff_seconds(attempts: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter, in seconds, for the ``attempts``-th failure."""
-    return (
-        float(
-            get_exponential_backoff_interval(
-                factor=base,
-                retries=max(attempts - 1, 0),
-                maximum=cap,
-                full_jitter=True,
-            )
-        )
-        or base
+    """Exponential backoff with full jitter, in seconds, for the ``attempts``-th failure.
+
+    Celery's helper works in whole units, so it is given milliseconds.
+    """
+    millis = get_exponential_backoff_interval(
+        factor=max(1, int(base * 1000)),
+        retries=max(attempts - 1, 0),
+        maximum=max(1, int(cap * 1000)),
+        full_jitter=True,
     )
+    return max(millis, 1) / 1000
 
 
 class Relay:
