@@ -15,3 +15,10 @@ from project.settings import INBOX_OUTBOX, INSTALLED_APPS
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 INBOX_OUTBOX = {**INBOX_OUTBOX, "SERVICE": os.environ.get("SERVICE_NAME", "tests")}
+
+# Subprocesses started by the tests take overrides as INBOX_OUTBOX_<KEY>=<JSON value>.
+import json  # noqa: E402
+
+for _name, _value in os.environ.items():
+    if _name.startswith("INBOX_OUTBOX_"):
+        INBOX_OUTBOX[_name.removeprefix("INBOX_OUTBOX_")] = json.loads(_value)
