@@ -1,0 +1,149 @@
+"""What the relay does with messages the broker won't take, that expire, or that keep failing."""
+
+import datetime as dt
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import kombu
+import pytest
+from django.db import transaction
+from django.utils import timezone
+
+from outbox import publish
+from outbox.broker import BatchResult, Publisher
+from outbox.models import Message
+from outbox.relay import Relay
+from tests.conftest import ROOT, read_queue, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def queue(names, broker_url):
+    exchange = kombu.Exchange(names.exchange, "topic", durable=True)
+    bound = kombu.Queue(names.queue, exchange=exchange, routing_key="bound.#", durable=True)
+    with kombu.Connection(broker_url) as conn:
+        bound(conn.default_channel).declare()
+    return bound
+
+
+def relay_once():
+    relay = Relay()
+    try:
+        relay.drain()
+    finally:
+        relay.close()
+    return relay
+
+
+def test_an_unroutable_message_is_not_marked_sent_but_retried_with_backoff(names, queue):
+    message = publish("nobody.listens", {})
+    relay_once()
+    row = Message.objects.get(id=message.id)
+    assert row.status == "failed" and row.attempts == 1
+    assert "unroutable" in row.last_error and row.available_at > timezone.now()
+
+
+def test_unroutable_messages_end_dead_after_the_maximum_attempts(names, queue, settings):
+    settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "RELAY_MAX_ATTEMPTS": 3}
+    message = publish("nobody.listens", {})
+    for _ in range(3):
+        Message.objects.filter(id=message.id).update(available_at=timezone.now())
+        relay_once()
+    row = Message.objects.get(id=message.id)
+    assert (row.status, row.attempts) == ("dead", 3)
+
+
+def test_the_dead_and_ignore_policies_for_unroutable_messages(names, queue, settings):
+    settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "UNROUTABLE": "dead"}
+    dead = publish("nobody.listens", {})
+    relay_once()
+    settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "UNROUTABLE": "ignore"}
+    ignored = publish("nobody.listens", {})
+    relay_once()
+    assert Message.objects.get(id=dead.id).status == "dead"
+    assert Message.objects.get(id=ignored.id).status == "sent"
+
+
+def test_a_message_past_its_ttl_is_marked_expired_and_never_published(names, queue, broker_url):
+    stale = publish("bound.event", {"n": 1}, ttl=60)
+    Message.objects.filter(id=stale.id).update(expires_at=timezone.now() - dt.timedelta(seconds=1))
+    fresh = publish("bound.event", {"n": 2}, ttl=60)
+    relay_once()
+    assert Message.objects.get(id=stale.id).status == "expired"
+    [delivered] = read_queue(broker_url, queue)
+    assert delivered.properties["message_id"] == str(fresh.id)
+    assert 0 < int(delivered.properties["expiration"]) <= 60_000
+
+
+def test_a_resent_message_keeps_its_id_and_body(names, queue, broker_url):
+    message = publish("bound.event", {"n": 1}, key="k")
+    relay_once()
+    Message.objects.filter(id=message.id).update(status="pending")
+    relay_once()
+    first, second = read_queue(broker_url, queue)
+    assert first.properties["message_id"] == second.properties["message_id"] == str(message.id)
+    assert json.loads(first.body) == json.loads(second.body)
+
+
+def test_a_nacked_message_holds_back_the_rest_of_its_key_but_not_other_keys(names):
+    sent_order = []
+
+    class NacksFirst(Publisher):
+        def send(self, batch):
+            self.result = BatchResult()
+            for m in batch:
+                sent_order.append((m.key, m.sequence))
+                if (m.key, m.sequence) == ("a", 1) and len(sent_order) <= 3:
+                    self.result.failed[m.id] = "nacked by the broker"
+                else:
+                    self.result.sent.add(m.id)
+
+        def collect(self):
+            return self.result
+
+    with transaction.atomic():
+        a1, a2 = publish("t", {}, key="a"), publish("t", {}, key="a")
+        b1 = publish("t", {}, key="b")
+    relay = Relay(publisher=NacksFirst())
+    relay.drain()
+    status = dict(Message.objects.values_list("id", "status"))
+    assert status[a1.id] == "failed" and status[a2.id] == "pending" and status[b1.id] == "sent"
+    Message.objects.filter(id=a1.id).update(available_at=timezone.now())
+    relay.drain()
+    assert set(Message.objects.values_list("status", flat=True)) == {"sent"}
+    assert [s for k, s in sent_order if k == "a"][-2:] == [1, 2]  # a2 went out again, after a1
+
+
+def test_outbox_relay_drains_on_sigterm_and_exits_zero(names, queue, processes, broker_url):
+    relay = processes.relay()
+    wait_until(lambda: b"running" in relay.log_path.read_bytes(), timeout=30, message="relay start")
+    with transaction.atomic():
+        message = publish("bound.event", {})
+    wait_until(
+        lambda: Message.objects.get(id=message.id).status == "sent", timeout=30, message="sent"
+    )
+    started = time.monotonic()
+    processes.kill(relay, signal.SIGTERM)
+    assert relay.returncode == 0 and time.monotonic() - started < 10
+    assert b"outbox relay stopped" in relay.log_path.read_bytes()
+
+
+def test_outbox_relay_once_drains_the_backlog_and_exits(names, queue, processes, broker_url):
+    with transaction.atomic():
+        for n in range(25):
+            publish("bound.event", {"n": n})
+    done = subprocess.run(
+        [sys.executable, "manage.py", "outbox_relay", "--once"],
+        cwd=ROOT,
+        env=processes.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "settled 25" in done.stdout
+    assert len(read_queue(broker_url, queue)) == 25
