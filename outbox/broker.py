@@ -87,7 +87,7 @@ class AmqpPublisher(Publisher):
         self._in_flight: dict[int, uuid.UUID] = {}
         self._result = BatchResult()
         self._send_error: Exception | None = None
-        self._errors: tuple[type[BaseException], ...] = (OSError,)
+        self._errors: tuple[type[Exception], ...] = (OSError, TimeoutError)
 
     def _ensure_channel(self) -> amqp.Channel:
         if self._channel is not None and self._channel.is_open:
@@ -108,7 +108,12 @@ class AmqpPublisher(Publisher):
         channel.events["basic_nack"].add(self._on_nack)
         channel.events["basic_return"].add(self._on_return)
         self._connection, self._channel, self._next_tag = connection, channel, 0
-        self._errors = (*connection.connection_errors, *connection.channel_errors, OSError)
+        self._errors = (
+            *connection.connection_errors,
+            *connection.channel_errors,
+            OSError,
+            TimeoutError,
+        )
         return channel
 
     def _settle(self, delivery_tag: int, multiple: bool, error: str | None) -> None:
@@ -180,7 +185,7 @@ class AmqpPublisher(Publisher):
                     )
                 assert self._connection is not None
                 self._connection.drain_events(timeout=remaining)
-        except (*self._errors, TimeoutError) as exc:
+        except self._errors as exc:
             self.close()
             if self._result.sent or self._result.failed or self._result.unroutable:
                 logger.warning("outbox: broker connection lost mid-batch: %s", exc)

@@ -53,6 +53,42 @@ def names(settings, broker_url: str) -> Iterator[Names]:
                 getattr(conn.channel(), f"{kind}_delete")(name)
 
 
+@pytest.fixture
+def bind_queue(names: Names, broker_url: str) -> Callable[[str], kombu.Queue]:
+    """Declares the test's queue bound to a routing key on the test's exchange."""
+
+    def bind(routing_key: str) -> kombu.Queue:
+        exchange = kombu.Exchange(names.exchange, "topic", durable=True)
+        queue = kombu.Queue(names.queue, exchange=exchange, routing_key=routing_key, durable=True)
+        with kombu.Connection(broker_url) as conn:
+            queue(conn.default_channel).declare()
+        return queue
+
+    return bind
+
+
+def cloudevent(
+    topic: str,
+    data: object,
+    *,
+    id: str | None = None,
+    key: str | None = None,
+    sequence: int | None = None,
+) -> dict:
+    """A CloudEvents body as another service would send it."""
+    body = {
+        "specversion": "1.0",
+        "id": id or str(uuid.uuid4()),
+        "source": "test",
+        "type": topic,
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    if key is not None:
+        body["partitionkey"], body["sequence"] = key, str(sequence)
+    return body
+
+
 def test_database_url() -> str:
     """The URL of the database the test run is using, for subprocesses."""
     s = connection.settings_dict

@@ -1,29 +1,20 @@
 """A batch is one transaction when all goes well, and exactly the one-at-a-time outcome when not."""
 
 import json
-import uuid
 
 import pytest
 
 from inbox.models import InboxMessage
 from inbox.processing import process_batch
 from outbox.cloudevents import CONTENT_TYPE
+from tests.conftest import cloudevent
 from tests.testapp.models import Effect
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 def event(data, *, id=None, key=None, sequence=None, topic="test.effect"):
-    body = {
-        "specversion": "1.0",
-        "id": id or str(uuid.uuid4()),
-        "source": "t",
-        "type": topic,
-        "datacontenttype": "application/json",
-        "data": data,
-    }
-    if key is not None:
-        body["partitionkey"], body["sequence"] = key, str(sequence)
+    body = cloudevent(topic, data, id=id, key=key, sequence=sequence)
     return json.dumps(body).encode(), {"content_type": CONTENT_TYPE}, {}
 
 

@@ -2,7 +2,6 @@
 
 import time
 
-import kombu
 import pytest
 from django.db import transaction
 
@@ -13,12 +12,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def burst_queue(names, broker_url):
-    exchange = kombu.Exchange(names.exchange, "topic", durable=True)
-    queue = kombu.Queue(names.queue, exchange=exchange, routing_key="burst.#", durable=True)
-    with kombu.Connection(broker_url) as conn:
-        queue(conn.default_channel).declare()
-    return queue
+def burst_queue(bind_queue):
+    return bind_queue("burst.#")
 
 
 def arrived(broker_url, queue, ids, got):

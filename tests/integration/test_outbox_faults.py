@@ -23,12 +23,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def queue(names, broker_url):
-    exchange = kombu.Exchange(names.exchange, "topic", durable=True)
-    bound = kombu.Queue(names.queue, exchange=exchange, routing_key="load.#", durable=True)
-    with kombu.Connection(broker_url) as conn:
-        bound(conn.default_channel).declare()
-    return bound
+def queue(bind_queue):
+    return bind_queue("load.#")
 
 
 def publish_many(count, *, keys=0, per_transaction=200, start=0):

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import kombu
 import pytest
 from django.db import transaction
 from django.utils import timezone
@@ -22,12 +21,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def queue(names, broker_url):
-    exchange = kombu.Exchange(names.exchange, "topic", durable=True)
-    bound = kombu.Queue(names.queue, exchange=exchange, routing_key="bound.#", durable=True)
-    with kombu.Connection(broker_url) as conn:
-        bound(conn.default_channel).declare()
-    return bound
+def queue(bind_queue):
+    return bind_queue("bound.#")
 
 
 def relay_once():

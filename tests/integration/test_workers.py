@@ -15,7 +15,7 @@ from inbox.models import InboxMessage
 from outbox import publish
 from outbox.cloudevents import CONTENT_TYPE
 from outbox.models import Message
-from tests.conftest import wait_until
+from tests.conftest import cloudevent, wait_until
 from tests.testapp.models import Account, Effect
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -49,16 +49,7 @@ class Sender:
         self.channel = self.conn.channel()
 
     def event(self, topic, data, *, id=None, key=None, sequence=None):
-        body = {
-            "specversion": "1.0",
-            "id": id or str(uuid.uuid4()),
-            "source": "test",
-            "type": topic,
-            "datacontenttype": "application/json",
-            "data": data,
-        }
-        if key is not None:
-            body["partitionkey"], body["sequence"] = key, str(sequence)
+        body = cloudevent(topic, data, id=id, key=key, sequence=sequence)
         self.raw(
             json.dumps(body).encode(),
             content_type=CONTENT_TYPE,
