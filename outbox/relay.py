@@ -53,6 +53,11 @@ def backoff_seconds(attempts: int, base: float, cap: float) -> float:
     return max(millis, 1) / 1000
 
 
+#: Candidates looked at per claim, in batches: keyed messages behind a key already in flight
+#: are not claimable, so a relay looks past them for other keys' runs.
+CANDIDATE_WINDOW = 4
+
+
 class Relay:
     """Moves outbox rows to the broker. Safe to run in any number of processes."""
 
@@ -150,11 +155,12 @@ class Relay:
                 .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
                 .order_by("id")
                 .select_for_update(skip_locked=True)
-                .values_list("id", "topic", "key", "sequence")[: self.batch_size]
+                .values_list("id", "topic", "key", "sequence")[: self.batch_size * CANDIDATE_WINDOW]
             )
             if not candidates:
                 return [], []
-            ids = self._in_key_order(candidates)
+            claimable = set(self._in_key_order(candidates))
+            ids = [c[0] for c in candidates if c[0] in claimable][: self.batch_size]  # oldest first
             if not ids:
                 return [], []
             base.filter(id__any=ids).update(
