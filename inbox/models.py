@@ -71,8 +71,9 @@ class InboxMessage(models.Model):
             ("purge_inboxmessage", "Can purge inbox messages"),
         ]
         constraints = [
+            # The dedup. Message id first, so that operators' search by id uses it too.
             models.UniqueConstraint(
-                fields=["consumer", "message_id"], name="inbox_consumer_message_uniq"
+                fields=["message_id", "consumer"], name="inbox_message_consumer_uniq"
             ),
         ]
         indexes = [
@@ -87,7 +88,10 @@ class InboxMessage(models.Model):
                 name="inbox_waiting_key_idx",
                 condition=models.Q(status=Status.WAITING),
             ),
+            # The admin's list, date hierarchy and filters, and the purge by age.
+            models.Index(fields=["received_at"], name="inbox_received_idx"),
             models.Index(fields=["status", "received_at"], name="inbox_status_received_idx"),
+            models.Index(fields=["consumer", "received_at"], name="inbox_consumer_received_idx"),
         ]
 
     def __str__(self) -> str:

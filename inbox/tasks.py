@@ -11,3 +11,11 @@ def retry_due() -> int:
     from .processing import retry_due as run
 
     return run()
+
+
+@shared_task(name="inbox.purge", ignore_result=True)
+def purge() -> int:
+    """Apply ``RETENTION_DAYS`` to processed and rejected rows, never inside the dedup window."""
+    from .operations import purge_expired_retention
+
+    return purge_expired_retention()

@@ -105,7 +105,10 @@ class Message(models.Model):
                 name="outbox_unsent_key_idx",
                 condition=models.Q(status__in=UNSENT) & models.Q(key__isnull=False),
             ),
+            # The admin's list, date hierarchy, filters and the purge by age.
+            models.Index(fields=["created_at"], name="outbox_created_idx"),
             models.Index(fields=["status", "created_at"], name="outbox_status_created_idx"),
+            models.Index(fields=["topic", "created_at"], name="outbox_topic_created_idx"),
         ]
 
     def __str__(self) -> str:

@@ -18,3 +18,11 @@ def relay() -> int:
         return relay.drain(max_batches=MAX_BATCHES_PER_TASK, linger=True)
     finally:
         relay.close()
+
+
+@shared_task(name="outbox.purge", ignore_result=True)
+def purge() -> int:
+    """Apply ``RETENTION_DAYS`` to sent and expired rows (a no-op while it is None)."""
+    from .operations import purge_expired_retention
+
+    return purge_expired_retention()

@@ -79,7 +79,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "inbox.retry_due",
         "schedule": env.float("INBOX_RETRY_INTERVAL", default=2.0),
     },
-    "inbox-outbox-retention": {"task": "inbox_outbox.purge", "schedule": 3600.0},
+    "outbox-retention": {"task": "outbox.purge", "schedule": 3600.0},
+    "inbox-retention": {"task": "inbox.purge", "schedule": 3600.0},
 }
 
 INBOX_OUTBOX = {

@@ -1,0 +1,161 @@
+"""What operators do to inbox rows (replay, mark dead, purge, status), implemented once for
+the admin actions, the management commands and the retention task."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import router, transaction
+from django.db.models import Count, Min, Q, QuerySet
+from django.utils import timezone
+
+from outbox.conf import get_settings
+
+from .models import InboxMessage, KeyProgress, Status
+from .processing import drain_key, retry_row
+from .registry import registry
+
+REPLAYABLE = (Status.FAILED, Status.DEAD)
+KILLABLE = (Status.WAITING, Status.FAILED)
+#: What a purge deletes unless told otherwise: never a message that may still be handled.
+PURGEABLE = (Status.DONE, Status.REJECTED)
+PURGE_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Rows an operation changed (or, in a dry run, would change), and rows it skipped."""
+
+    done: int
+    skipped: int
+    failed_again: int = 0
+
+
+def replay(queryset: QuerySet[InboxMessage], *, dry_run: bool = False) -> Outcome:
+    """Handle failed or dead rows again now, through the same code path as a retry.
+
+    Each row gets one more attempt now; the count continues, so a replayed dead message
+    that fails again is dead again. Rows whose handler this process does not have are left
+    due for a worker that has it.
+    """
+    total = queryset.count()
+    applicable = queryset.filter(status__in=REPLAYABLE)
+    if dry_run:
+        done = applicable.count()
+        return Outcome(done, total - done)
+    rows = list(applicable.values_list("id", "consumer"))
+    InboxMessage.objects.filter(id__in=[r for r, _ in rows]).update(
+        status=Status.FAILED, next_attempt_at=timezone.now()
+    )
+    failed_again = 0
+    for row_id, consumer in rows:
+        handler = registry.for_consumer(consumer)
+        if handler is not None:
+            retry_row(handler, row_id)
+            if InboxMessage.objects.filter(id=row_id).exclude(status=Status.DONE).exists():
+                failed_again += 1
+    return Outcome(len(rows), total - len(rows), failed_again)
+
+
+def mark_dead(
+    queryset: QuerySet[InboxMessage],
+    *,
+    reason: str = "marked dead by an operator",
+    dry_run: bool = False,
+) -> Outcome:
+    """Stop retrying (or waiting for) the rows; a dead head no longer holds back its key."""
+    total = queryset.count()
+    applicable = queryset.filter(status__in=KILLABLE)
+    if dry_run:
+        done = applicable.count()
+        return Outcome(done, total - done)
+    rows = list(applicable.values_list("id", "consumer", "topic", "key", "sequence"))
+    InboxMessage.objects.filter(id__in=[r[0] for r in rows]).update(
+        status=Status.DEAD, next_attempt_at=None, last_error=reason
+    )
+    for _, consumer, topic, key, sequence in rows:
+        if key is None or sequence is None:
+            continue
+        KeyProgress.objects.filter(
+            consumer=consumer, topic=topic, key=key, last_sequence__lt=sequence
+        ).update(last_sequence=sequence)
+        handler = registry.for_consumer(consumer)
+        if handler is not None:
+            drain_key(handler, topic, key)
+    return Outcome(len(rows), total - len(rows))
+
+
+def purge(
+    queryset: QuerySet[InboxMessage],
+    *,
+    statuses: Iterable[str] = PURGEABLE,
+    respect_dedup_window: bool = True,
+    batch_size: int = PURGE_BATCH,
+    dry_run: bool = False,
+) -> Outcome:
+    """Delete the rows of ``queryset`` that are in ``statuses``, in batches.
+
+    Processed rows younger than ``DEDUP_WINDOW_DAYS`` are kept unless
+    ``respect_dedup_window`` is off: they are what turns a late redelivery into a no-op.
+    Each batch is its own short transaction; memory stays flat.
+    """
+    matching = queryset.filter(status__in=tuple(statuses))
+    if respect_dedup_window:
+        window = dt.timedelta(days=get_settings().dedup_window_days)
+        matching = matching.filter(
+            ~Q(status=Status.DONE) | Q(received_at__lt=timezone.now() - window)
+        )
+    if dry_run:
+        done = matching.count()
+        return Outcome(done, queryset.count() - done)
+    alias = router.db_for_write(InboxMessage)
+    deleted = 0
+    while True:
+        with transaction.atomic(using=alias):
+            ids = list(matching.using(alias).order_by().values_list("id", flat=True)[:batch_size])
+            if not ids:
+                return Outcome(deleted, 0)
+            deleted += InboxMessage.objects.using(alias).filter(id__in=ids).delete()[0]
+
+
+def purge_expired_retention() -> int:
+    """The periodic retention purge: processed and rejected rows older than
+    ``RETENTION_DAYS`` (and never younger than the dedup window)."""
+    days = get_settings().retention_days
+    if days is None:
+        return 0
+    cutoff = timezone.now() - dt.timedelta(days=days)
+    return purge(InboxMessage.objects.filter(received_at__lt=cutoff)).done
+
+
+def status() -> dict[str, Any]:
+    """Counts per status and per consumer, the oldest open row's age, recent failures."""
+    now = timezone.now()
+    counts = dict(InboxMessage.objects.order_by().values_list("status").annotate(n=Count("id")))
+    consumers: dict[str, dict[str, int]] = {}
+    for consumer, state, n in (
+        InboxMessage.objects.order_by().values_list("consumer", "status").annotate(n=Count("id"))
+    ):
+        consumers.setdefault(consumer, {})[state] = n
+    topics: dict[str, dict[str, int]] = {}
+    for topic, state, n in (
+        InboxMessage.objects.order_by().values_list("topic", "status").annotate(n=Count("id"))
+    ):
+        topics.setdefault(topic, {})[state] = n
+    oldest = InboxMessage.objects.filter(status__in=(Status.WAITING, Status.FAILED)).aggregate(
+        oldest=Min("received_at")
+    )["oldest"]
+    recent = InboxMessage.objects.filter(
+        status__in=(Status.FAILED, Status.DEAD, Status.REJECTED),
+        received_at__gte=now - dt.timedelta(hours=1),
+    )
+    return {
+        "counts": {s: counts.get(s, 0) for s in Status.values},
+        "oldest_open_age_seconds": round((now - oldest).total_seconds(), 1) if oldest else None,
+        "failures_last_hour": recent.count(),
+        "consumers": consumers,
+        "topics": topics,
+    }

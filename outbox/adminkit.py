@@ -1,0 +1,115 @@
+"""Admin pieces both apps use: counts that stay cheap on tables of millions of rows, distinct
+values by index skip-scan, pretty JSON, read-only views, action reports.
+
+Pure helpers with no models, so the inbox app can use them without the outbox installed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.paginator import Paginator
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connections
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.text import capfirst
+
+#: Counts stop here: "10,000+" is as useful to an operator as the exact figure.
+COUNT_CAP = 10_000
+
+
+def capped_count(queryset: QuerySet[Any]) -> int:
+    """``min(count, COUNT_CAP + 1)``, reading at most that many index entries."""
+    return queryset.order_by()[: COUNT_CAP + 1].count()
+
+
+def show_count(count: int) -> str:
+    return f"{COUNT_CAP:,}+" if count > COUNT_CAP else f"{count:,}"
+
+
+def estimated_rows(model: type[Model], using: str) -> int | None:
+    """PostgreSQL's estimate of a table's rows (kept by ANALYZE/autovacuum), else None."""
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+            [model._meta.db_table],
+        )
+        row = cursor.fetchone()
+    return int(row[0]) if row and row[0] >= 0 else None
+
+
+class CappedCountPaginator(Paginator):
+    """Never counts a whole big table: an unfiltered list uses PostgreSQL's estimate, a
+    filtered one counts up to ``COUNT_CAP`` rows."""
+
+    @cached_property
+    def count(self) -> int:  # type: ignore[override]
+        queryset = self.object_list
+        if isinstance(queryset, QuerySet):
+            if not queryset.query.where:
+                estimate = estimated_rows(queryset.model, queryset.db)
+                if estimate is not None and estimate > COUNT_CAP:
+                    return estimate
+            return capped_count(queryset)
+        return super().count
+
+
+def distinct_values(queryset: QuerySet[Any], column: str, limit: int = 200) -> list[str]:
+    """Distinct values of an indexed column: on PostgreSQL one index probe per value
+    (a recursive "skip scan") instead of reading every row."""
+    model = queryset.model
+    connection = connections[queryset.db]
+    if connection.vendor != "postgresql":
+        return list(queryset.order_by(column).values_list(column, flat=True).distinct()[:limit])
+    table, col = model._meta.db_table, connection.ops.quote_name(column)
+    sql = (
+        f"WITH RECURSIVE v AS ((SELECT {col} AS x FROM {table} ORDER BY {col} LIMIT 1) "
+        f"UNION ALL SELECT (SELECT {col} FROM {table} WHERE {col} > v.x ORDER BY {col} LIMIT 1) "
+        f"FROM v WHERE v.x IS NOT NULL) SELECT x FROM v WHERE x IS NOT NULL LIMIT %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [limit])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def pretty_json(value: Any) -> str:
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, cls=DjangoJSONEncoder)
+    return format_html('<pre class="inbox-outbox-json">{}</pre>', text)
+
+
+def pre(text: str) -> str:
+    return format_html("<pre>{}</pre>", text) if text else "-"
+
+
+class ReadOnlyMixin:
+    """Nobody edits a message by hand: views only, changes go through the actions."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def report(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, verb: str, done: int, skipped: int, why: str
+) -> None:
+    """Tell the operator what an action did and what it skipped, with plurals."""
+    name, plural = modeladmin.model._meta.verbose_name, modeladmin.model._meta.verbose_name_plural
+    text = f"{capfirst(verb)} {done} {name if done == 1 else plural}."
+    if skipped:
+        text += f" Skipped {skipped} {name if skipped == 1 else plural} {why}."
+    modeladmin.message_user(
+        request, text, messages.SUCCESS if done or not skipped else messages.WARNING
+    )

@@ -1,0 +1,144 @@
+"""Arguments and validation shared by the replay, purge and status commands of both apps."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from django.core.management.base import CommandError
+from django.db.models import QuerySet
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+
+def add_selection_arguments(parser: Any, *, consumer: bool) -> None:
+    parser.add_argument(
+        "--id",
+        dest="ids",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="A message id (repeatable).",
+    )
+    parser.add_argument("--status", help="Comma-separated statuses.")
+    parser.add_argument("--topic", help="Only this topic.")
+    if consumer:
+        parser.add_argument("--consumer", help="Only this consumer (<service>:<handler name>).")
+    parser.add_argument("--since", help="Only messages from this time on (ISO 8601).")
+    parser.add_argument("--until", help="Only messages before this time (ISO 8601).")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="Show what would happen; change nothing."
+    )
+
+
+def statuses(value: str | None, allowed: Iterable[str]) -> list[str] | None:
+    if value is None:
+        return None
+    allowed = list(allowed)
+    chosen = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(allowed))
+    if not chosen or unknown:
+        raise CommandError(
+            f"--status takes a comma-separated list of {', '.join(allowed)}; got {value!r}."
+        )
+    return chosen
+
+
+def moment(value: str | None, option: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    parsed = parse_datetime(value)
+    if parsed is None:
+        try:
+            parsed = dt.datetime.combine(dt.date.fromisoformat(value), dt.time())
+        except ValueError:
+            raise CommandError(
+                f"{option} must be an ISO 8601 date or time, got {value!r}."
+            ) from None
+    return timezone.make_aware(parsed) if timezone.is_naive(parsed) else parsed
+
+
+def select(
+    queryset: QuerySet[Any],
+    options: dict[str, Any],
+    *,
+    id_field: str,
+    time_field: str,
+    allowed_statuses: Iterable[str],
+    require_selection: bool = True,
+) -> QuerySet[Any]:
+    """Apply the selection options; refuse an empty selection where it would mean "all"."""
+    chosen = statuses(options.get("status"), allowed_statuses)
+    since, until = moment(options.get("since"), "--since"), moment(options.get("until"), "--until")
+    if since and until and since >= until:
+        raise CommandError("--since must be earlier than --until.")
+    picked = [
+        options.get("ids"),
+        chosen,
+        options.get("topic"),
+        options.get("consumer"),
+        since,
+        until,
+    ]
+    if require_selection and not any(picked):
+        raise CommandError(
+            "Say which messages: give --id, --status, --topic"
+            f"{', --consumer' if 'consumer' in options else ''}, --since or --until."
+        )
+    if options.get("ids"):
+        try:
+            queryset = queryset.filter(**{f"{id_field}__in": options["ids"]})
+        except Exception as exc:  # a malformed UUID for the outbox
+            raise CommandError(f"--id: {exc}") from exc
+    if chosen:
+        queryset = queryset.filter(status__in=chosen)
+    if options.get("topic"):
+        queryset = queryset.filter(topic=options["topic"])
+    if options.get("consumer"):
+        queryset = queryset.filter(consumer=options["consumer"])
+    if since:
+        queryset = queryset.filter(**{f"{time_field}__gte": since})
+    if until:
+        queryset = queryset.filter(**{f"{time_field}__lt": until})
+    return queryset
+
+
+def add_purge_arguments(parser: Any) -> None:
+    parser.add_argument(
+        "--older-than-days", type=float, required=True, help="Only rows older than this many days."
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=1000, help="Rows deleted per transaction."
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="Count what would go; delete nothing."
+    )
+
+
+def check_purge_arguments(options: dict[str, Any]) -> dt.datetime:
+    if options["older_than_days"] < 0:
+        raise CommandError("--older-than-days must not be negative.")
+    if options["batch_size"] < 1:
+        raise CommandError("--batch-size must be a positive integer.")
+    return timezone.now() - dt.timedelta(days=options["older_than_days"])
+
+
+def write_status(
+    command: Any, report: dict[str, Any], *, as_json: bool, groups: tuple[str, ...]
+) -> None:
+    if as_json:
+        command.stdout.write(json.dumps(report, indent=2, sort_keys=True))
+        return
+    counts = "  ".join(f"{k}={v}" for k, v in report["counts"].items())
+    command.stdout.write(f"counts: {counts}")
+    for key, value in report.items():
+        if key not in ("counts", *groups):
+            command.stdout.write(f"{key.replace('_', ' ')}: {value}")
+    for group in groups:
+        command.stdout.write(f"per {group[:-1]}:")
+        for name, per_status in sorted(report[group].items()):
+            command.stdout.write(
+                f"  {name}: " + "  ".join(f"{k}={v}" for k, v in sorted(per_status.items()))
+            )

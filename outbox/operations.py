@@ -1,0 +1,126 @@
+"""What operators do to outbox rows (replay, mark dead, purge, status), implemented once for
+the admin actions, the management commands and the retention task."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import router, transaction
+from django.db.models import Count, Min, QuerySet
+from django.utils import timezone
+
+from .conf import get_settings
+from .models import Message, Status
+
+#: The statuses each operation applies to; rows in other statuses are skipped and counted.
+REPLAYABLE = (Status.SENT, Status.FAILED, Status.DEAD, Status.EXPIRED)
+KILLABLE = (Status.PENDING, Status.FAILED)
+#: What a purge deletes unless told otherwise: never a message that may still be sent.
+PURGEABLE = (Status.SENT, Status.EXPIRED)
+PURGE_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Rows an operation changed (or, in a dry run, would change), and rows it skipped."""
+
+    done: int
+    skipped: int
+
+
+def replay(queryset: QuerySet[Message], *, dry_run: bool = False) -> Outcome:
+    """Publish the rows again with the same id: pending and due now.
+
+    The attempt count continues, so a replayed dead message that fails again is dead again.
+    """
+    total = queryset.count()
+    applicable = queryset.filter(status__in=REPLAYABLE)
+    if dry_run:
+        done = applicable.count()
+    else:
+        done = applicable.update(
+            status=Status.PENDING,
+            available_at=timezone.now(),
+            lease_owner="",
+            lease_until=None,
+            last_error="",
+        )
+    return Outcome(done, total - done)
+
+
+def mark_dead(
+    queryset: QuerySet[Message],
+    *,
+    reason: str = "marked dead by an operator",
+    dry_run: bool = False,
+) -> Outcome:
+    """Stop trying to publish the rows; they stay visible as dead."""
+    total = queryset.count()
+    applicable = queryset.filter(status__in=KILLABLE)
+    if dry_run:
+        done = applicable.count()
+    else:
+        done = applicable.update(
+            status=Status.DEAD, lease_owner="", lease_until=None, last_error=reason
+        )
+    return Outcome(done, total - done)
+
+
+def purge(
+    queryset: QuerySet[Message],
+    *,
+    statuses: Iterable[str] = PURGEABLE,
+    batch_size: int = PURGE_BATCH,
+    dry_run: bool = False,
+) -> Outcome:
+    """Delete the rows of ``queryset`` that are in ``statuses``.
+
+    Deletes by primary key in batches, each in its own short transaction: no long lock,
+    and memory stays flat however many rows match.
+    """
+    matching = queryset.filter(status__in=tuple(statuses))
+    if dry_run:
+        done = matching.count()
+        return Outcome(done, queryset.count() - done)
+    alias = router.db_for_write(Message)
+    deleted = 0
+    while True:
+        with transaction.atomic(using=alias):
+            ids = list(matching.using(alias).order_by().values_list("id", flat=True)[:batch_size])
+            if not ids:
+                return Outcome(deleted, 0)
+            deleted += Message.objects.using(alias).filter(id__in=ids).delete()[0]
+
+
+def purge_expired_retention() -> int:
+    """The periodic retention purge: sent/expired rows older than ``RETENTION_DAYS``."""
+    days = get_settings().retention_days
+    if days is None:
+        return 0
+    cutoff = timezone.now() - dt.timedelta(days=days)
+    return purge(Message.objects.filter(created_at__lt=cutoff)).done
+
+
+def status() -> dict[str, Any]:
+    """Counts per status and per topic, the oldest unsent message's age, recent failures."""
+    now = timezone.now()
+    counts = dict(Message.objects.order_by().values_list("status").annotate(n=Count("id")))
+    topics: dict[str, dict[str, int]] = {}
+    for topic, state, n in (
+        Message.objects.order_by().values_list("topic", "status").annotate(n=Count("id"))
+    ):
+        topics.setdefault(topic, {})[state] = n
+    oldest = Message.objects.unsent().aggregate(oldest=Min("created_at"))["oldest"]
+    # A failure sets the next attempt in the future, and a death happens at an attempt.
+    recent = Message.objects.filter(
+        status__in=(Status.FAILED, Status.DEAD), available_at__gte=now - dt.timedelta(hours=1)
+    )
+    return {
+        "counts": {s: counts.get(s, 0) for s in Status.values},
+        "oldest_unsent_age_seconds": round((now - oldest).total_seconds(), 1) if oldest else None,
+        "failures_last_hour": recent.count(),
+        "topics": topics,
+    }
