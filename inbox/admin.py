@@ -71,6 +71,7 @@ class InboxMessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
     search_fields = ("message_id", "key", "topic")
     paginator = CappedCountPaginator
     show_full_result_count = False
+    show_facets = getattr(admin, "ShowFacets", None) and admin.ShowFacets.NEVER  # counts scan
     list_per_page = 50
     change_list_template = "admin/inbox/inboxmessage/change_list.html"
     actions = ("replay", "mark_dead", "purge")

@@ -113,6 +113,8 @@ class KeyProgress(models.Model):
 
     class Meta:
         db_table = "inbox_key_progress"
+        verbose_name = "key progress"
+        verbose_name_plural = "key progress"
         constraints = [
             models.UniqueConstraint(
                 fields=["consumer", "topic", "key"], name="inbox_key_progress_uniq"

@@ -52,6 +52,7 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
     search_fields = ("id", "key", "topic")
     paginator = CappedCountPaginator
     show_full_result_count = False
+    show_facets = getattr(admin, "ShowFacets", None) and admin.ShowFacets.NEVER  # counts scan
     list_per_page = 50
     change_list_template = "admin/outbox/message/change_list.html"
     actions = ("replay", "mark_dead", "purge")
