@@ -13,9 +13,11 @@ from outbox.adminkit import (
     ReadOnlyMixin,
     capped_count,
     distinct_values,
+    for_admin,
     pre,
     pretty_json,
     report,
+    search_exact,
     show_count,
 )
 
@@ -121,11 +123,10 @@ class InboxMessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        return (
-            queryset.filter(message_id=term)
-            | queryset.filter(key=term)
-            | queryset.filter(topic=term)
-        ), False
+        return search_exact(queryset, term, ("message_id", "key", "topic")), False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[InboxMessage]:
+        return for_admin(super().get_queryset(request))
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict | None = None

@@ -15,9 +15,11 @@ from .adminkit import (
     ReadOnlyMixin,
     capped_count,
     distinct_values,
+    for_admin,
     pre,
     pretty_json,
     report,
+    search_exact,
     show_count,
 )
 from .models import Message, Status
@@ -98,7 +100,10 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
         try:
             return queryset.filter(id=uuid.UUID(term)), False
         except ValueError:
-            return queryset.filter(key=term) | queryset.filter(topic=term), False
+            return search_exact(queryset, term, ("key", "topic")), False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Message]:
+        return for_admin(super().get_queryset(request))
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict | None = None

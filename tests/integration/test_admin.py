@@ -153,3 +153,24 @@ def test_posting_an_action_without_its_permission_changes_nothing(viewer, url, a
     viewer.post(reverse(url), {"action": action, "_selected_action": [str(i) for i in ids]})
     assert list(Message.objects.values_list("id", "status")) == before_outbox
     assert list(InboxMessage.objects.values_list("id", "status")) == before_inbox
+
+
+@pytest.mark.parametrize("kind", ["year", "month", "day"])
+def test_the_date_hierarchy_periods_match_djangos_own_query(kind):
+    from outbox.adminkit import for_admin
+
+    base = dt.datetime(2025, 12, 30, 23, 30, tzinfo=dt.UTC)
+    for offset in (0, 1, 2, 3, 40, 41, 400):  # across days, a month, a year and a DST change
+        message = publish("t", {})
+        Message.objects.filter(id=message.id).update(
+            created_at=base + dt.timedelta(hours=offset * 7)
+        )
+    probing = for_admin(Message.objects.all())
+    assert list(probing.datetimes("created_at", kind)) == list(
+        Message.objects.datetimes("created_at", kind)
+    )
+    failed = probing.filter(status="pending")
+    assert list(failed.datetimes("created_at", kind, "DESC")) == list(
+        Message.objects.filter(status="pending").datetimes("created_at", kind, "DESC")
+    )
+    assert list(probing.filter(topic="none").datetimes("created_at", kind)) == []
