@@ -253,9 +253,15 @@ def handle(
             outcome = _handle_in_transaction(alias, handler, env, raw)
     except Exception as exc:
         outcome = _record_failure(alias, handler, env, raw, exc)
-    if outcome in (Outcome.DONE, Outcome.DEAD) and _is_keyed(env.topic, env.key, env.sequence):
+    if outcome in _DRAIN_AFTER and _is_keyed(env.topic, env.key, env.sequence):
         drain_key(handler, env.topic, env.key, using=alias)  # type: ignore[arg-type]
     return outcome
+
+
+#: Outcomes after which a key's waiting messages may be next. WAITING is one of them: a
+#: worker that died between committing a message and draining its successors leaves them
+#: waiting, and the next arrival on the key picks them up.
+_DRAIN_AFTER = (Outcome.DONE, Outcome.DEAD, Outcome.WAITING)
 
 
 def _handle_in_transaction(
@@ -324,7 +330,7 @@ def process_batch(
                     raise _NotBatchable
                 for handler in handlers:
                     outcome = _handle_in_transaction(alias, handler, env, raw)
-                    if outcome is Outcome.DONE and _is_keyed(env.topic, env.key, env.sequence):
+                    if outcome in _DRAIN_AFTER and _is_keyed(env.topic, env.key, env.sequence):
                         drains[(handler.consumer, env.topic, env.key)] = handler  # type: ignore[index]
     except Exception as exc:
         if not isinstance(exc, _NotBatchable):

@@ -8,6 +8,7 @@ each delivery only after the inbox transaction that holds it commits.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import kombu
@@ -16,7 +17,10 @@ from celery import bootsteps
 from outbox.conf import get_settings
 
 from .consumer import Receiver, service_queue
+from .processing import retry_due
 from .registry import registry
+
+logger = logging.getLogger(__name__)
 
 
 class InboxConsumerStep(bootsteps.ConsumerStep):
@@ -28,6 +32,11 @@ class InboxConsumerStep(bootsteps.ConsumerStep):
         # The worker's timer runs in its event loop, so batches flush on the consuming thread.
         self.receiver = Receiver(schedule=lambda delay, fn: c.timer.call_after(delay, fn))
         super().start(c)
+        interval = get_settings().inbox_sweep_interval
+        if interval and registry.topics():
+            # Every consuming worker retries due failures and unblocks keys itself, so
+            # recovery after a crash does not depend on celery beat being deployed.
+            c.timer.call_repeatedly(interval, _sweep)
 
     def get_consumers(self, channel: Any) -> list[kombu.Consumer]:
         if not registry.topics() or self.receiver is None:
@@ -45,6 +54,13 @@ class InboxConsumerStep(bootsteps.ConsumerStep):
         if self.receiver is not None:
             self.receiver.flush()
         super().stop(c)
+
+
+def _sweep() -> None:
+    try:
+        retry_due()
+    except Exception:  # a database hiccup: the next sweep tries again
+        logger.warning("inbox: retry sweep failed", exc_info=True)
 
 
 def install(sender: Any = None, instance: Any = None, **kwargs: Any) -> None:

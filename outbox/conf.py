@@ -58,6 +58,7 @@ class Settings:
     inbox_backoff_base: float = 2.0
     inbox_backoff_max: float = 3600.0
     order_wait_seconds: float = 300.0
+    inbox_sweep_interval: float = 2.0
     dedup_window_days: float = 30.0
 
     # Retention (both apps): None disables the periodic purge.

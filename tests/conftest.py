@@ -198,7 +198,9 @@ def wait_until(
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+            pytest.fail(
+                f"timed out after {timeout}s waiting for {message() if callable(message) else message}"
+            )
         time.sleep(interval)
 
 

@@ -135,3 +135,15 @@ def test_deliver_outbox_runs_a_publish_through_the_inbox_and_marks_it_sent():
     assert set(outcomes.values()) == {Outcome.DONE}
     assert effects() == [str(message.id)]
     assert Message.objects.get(id=message.id).status == "sent"
+
+
+def test_a_key_stranded_by_a_crash_between_commit_and_drain_heals_on_the_next_arrival(monkeypatch):
+    from inbox import processing
+
+    deliver("test.effect", {}, id="x2", key="x", sequence=2)
+    with monkeypatch.context() as crash:  # the worker dies after committing x1, before draining
+        crash.setattr(processing, "drain_key", lambda *args, **kwargs: 0)
+        deliver("test.effect", {}, id="x1", key="x", sequence=1)
+    assert effects() == ["x1"] and row("x2").status == "waiting"
+    deliver("test.effect", {}, id="x3", key="x", sequence=3)
+    assert effects() == ["x1", "x2", "x3"]

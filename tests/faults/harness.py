@@ -1,0 +1,226 @@
+"""The fault suite's machinery: a producer service, the processes under test, and a checker
+that proves the books balance from the databases alone.
+
+Producer and consumer are one example service publishing to itself through RabbitMQ: each
+producer transaction writes an ``Order`` (the business row) and publishes ``test.effect``;
+some transactions roll back on purpose. The consumer's ``record_effect`` handler writes one
+``Effect`` per handled message, with its key and sequence, in handling order.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import DatabaseError, InterfaceError, connections, transaction
+
+from inbox.models import InboxMessage
+from inbox.processing import retry_due
+from outbox import publish
+from outbox.models import Message
+from project.shop.models import Order
+from tests.conftest import Processes, wait_until
+from tests.testapp.models import Effect
+
+#: Short leases and fast retries, so that faults heal within a test's time.
+FAST = {
+    "INBOX_OUTBOX_RELAY_LEASE_SECONDS": "3",
+    "INBOX_OUTBOX_RELAY_CONFIRM_TIMEOUT": "2",
+    "INBOX_OUTBOX_RELAY_BATCH_SIZE": "100",
+    "INBOX_OUTBOX_INBOX_BACKOFF_BASE": "0.05",
+    "INBOX_OUTBOX_INBOX_BACKOFF_MAX": "0.2",
+    "INBOX_OUTBOX_INBOX_MAX_ATTEMPTS": "3",
+}
+
+
+class Rollback(Exception):
+    pass
+
+
+@dataclass(eq=False)  # threads must stay hashable
+class Producer(threading.Thread):
+    """Publishes ``count`` messages, one business row + one outbox row per transaction.
+
+    Every ``rollback_every``-th transaction rolls back after publishing. ``hot_share`` of
+    the messages go to one hot key. ``extra`` lands in every payload (handler flags).
+    ``slow_every``: that transaction takes an id early and commits ``slow_seconds`` later,
+    so commits come out of id order. Database errors (a terminated connection) just lose
+    that transaction, like any client's.
+    """
+
+    count: int
+    keys: int = 50
+    hot_share: float = 0.0
+    rollback_every: int = 7  # coprime with the key counts used, so every key commits
+    extra: dict[str, Any] = field(default_factory=dict)
+    pace: float = 0.0
+    slow_every: int = 0
+    slow_seconds: float = 0.5
+    first_payloads: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(daemon=True)
+        self.errors = 0
+        self.done = threading.Event()
+
+    @property
+    def expected(self) -> int:
+        """Transactions meant to commit; each database error may lose one more."""
+        rolled_back = len(range(0, self.count, self.rollback_every)) if self.rollback_every else 0
+        return self.count - rolled_back - self.errors
+
+    def key(self, n: int) -> str:
+        if self.hot_share and random.random() < self.hot_share:
+            return "hot"
+        return f"k{n % self.keys}"
+
+    def run(self) -> None:
+        try:
+            slow: list[threading.Thread] = []
+            for n in range(self.count):
+                if self.slow_every and n % self.slow_every == 0:
+                    slow.append(threading.Thread(target=self._slow, args=(n,), daemon=True))
+                    slow[-1].start()
+                else:
+                    self._one(n)
+                if self.pace:
+                    time.sleep(self.pace)
+            for thread in slow:
+                thread.join(timeout=30)
+        finally:
+            connections.close_all()
+            self.done.set()
+
+    def _one(self, n: int, hold: float = 0.0) -> None:
+        try:
+            with transaction.atomic():
+                order = Order.objects.create(customer=f"n{n}", amount=1)
+                payload = {
+                    "order_id": order.pk,
+                    "n": n,
+                    **self.extra,
+                    **self.first_payloads.get(n, {}),
+                }
+                publish("test.effect", payload, key=self.key(n))
+                if hold:
+                    time.sleep(hold)
+                if self.rollback_every and n % self.rollback_every == 0:
+                    raise Rollback
+        except Rollback:
+            pass
+        except (DatabaseError, InterfaceError):
+            self.errors += 1
+            for conn in connections.all(initialized_only=True):
+                conn.close()
+
+    def _slow(self, n: int) -> None:
+        try:
+            self._one(n, hold=self.slow_seconds)
+        finally:
+            connections.close_all()
+
+
+@dataclass
+class System:
+    """The processes under test, started against the test's database and broker."""
+
+    processes: Processes
+    env: dict[str, str] = field(default_factory=dict)
+    relays: list[Any] = field(default_factory=list)
+    workers: list[Any] = field(default_factory=list)
+
+    def relay(self, **env: str) -> Any:
+        proc = self.processes.relay(
+            f"relay{len(self.relays)}", PGAPPNAME="faults-relay", **{**FAST, **self.env, **env}
+        )
+        self.relays.append(proc)
+        return proc
+
+    def worker(self, **env: str) -> Any:
+        proc = self.processes.worker(
+            f"worker{len(self.workers)}", PGAPPNAME="faults-worker", **{**FAST, **self.env, **env}
+        )
+        self.workers.append(proc)
+        return proc
+
+    def live(self, procs: list[Any]) -> list[Any]:
+        return [p for p in procs if p.poll() is None]
+
+
+def describe() -> str:
+    """The system's state in one line, for failure messages."""
+    outbox = dict(
+        Counter(Message.objects.filter(topic="test.effect").values_list("status", flat=True))
+    )
+    inbox = dict(Counter(InboxMessage.objects.values_list("status", flat=True)))
+    effects = Effect.objects.filter(consumer="effect").count()
+    return f"outbox {outbox}, inbox {inbox}, effects {effects}"
+
+
+def settle(*, producer: Producer | None = None, timeout: float = 180, expect_dead: int = 0) -> None:
+    """Wait for the system to go quiet, running the inbox's retry sweep as beat would."""
+    if producer is not None:
+        assert producer.done.wait(timeout), "the producer did not finish"
+
+    def quiet() -> bool:
+        retry_due()
+        if Message.objects.filter(topic="test.effect").unsent().exists():
+            return False
+        if InboxMessage.objects.filter(status__in=("waiting", "failed")).exists():
+            return False
+        handled = Effect.objects.filter(consumer="effect").values("message_id").distinct().count()
+        committed = Message.objects.filter(topic="test.effect").count()
+        return handled + expect_dead >= committed
+
+    wait_until(
+        quiet, timeout=timeout, interval=0.5, message=lambda: f"the backlog to drain: {describe()}"
+    )
+    time.sleep(1.0)  # let a wrongly repeated effect, if any, show up before the books close
+
+
+def check_books(
+    *, expect_dead: set[str] | frozenset[str] = frozenset(), minimum: int = 0
+) -> dict[str, int]:
+    """Prove, from the databases alone, that every committed message had exactly one effect."""
+    committed = {
+        str(i): p
+        for i, p in Message.objects.filter(topic="test.effect").values_list("id", "payload")
+    }
+    assert len(committed) >= minimum, f"only {len(committed)} messages committed"
+    # 1. Atomic publish: an order exists exactly for each committed message.
+    order_ids = set(Order.objects.values_list("id", flat=True))
+    assert {p["order_id"] for p in committed.values()} == order_ids, (
+        "business rows and messages disagree"
+    )
+    # 2. Nothing left unsent.
+    statuses = Counter(Message.objects.filter(topic="test.effect").values_list("status", flat=True))
+    assert set(statuses) == {"sent"}, f"outbox not drained: {dict(statuses)}"
+    # 3. Exactly one effect per committed message and consumer; none for anything else.
+    for consumer, dead in (("effect", set(expect_dead)), ("audit", set())):
+        effects = Counter(
+            Effect.objects.filter(consumer=consumer).values_list("message_id", flat=True)
+        )
+        doubled = {m: n for m, n in effects.items() if n > 1}
+        assert not doubled, f"{consumer}: {len(doubled)} messages had more than one effect"
+        missing = set(committed) - dead - set(effects)
+        assert not missing, f"{consumer}: {len(missing)} committed messages had no effect"
+        assert set(effects) <= set(committed), f"{consumer}: effects for uncommitted messages"
+        assert not (set(effects) & dead), f"{consumer}: a dead message had an effect"
+    # 4. Per-key order: each key's effects in handling order carry increasing sequences.
+    sequences: dict[str, list[int]] = defaultdict(list)
+    for key, seq in (
+        Effect.objects.filter(consumer="effect").order_by("id").values_list("key", "sequence")
+    ):
+        sequences[key].append(seq)
+    for key, seen in sequences.items():
+        assert seen == sorted(seen), f"key {key} handled out of order"
+    # 5. The inbox holds nothing stuck; dead only where expected.
+    stuck = InboxMessage.objects.filter(status__in=("waiting", "failed")).count()
+    assert stuck == 0, f"{stuck} inbox rows stuck waiting or failed"
+    dead = set(InboxMessage.objects.filter(status="dead").values_list("message_id", flat=True))
+    assert dead == set(expect_dead), f"unexpected dead messages: {dead ^ set(expect_dead)}"
+    return {"committed": len(committed), "keys": len(sequences)}
