@@ -11,7 +11,6 @@ returns without error counts as accepted.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 import uuid
@@ -262,7 +261,3 @@ def make_publisher(url: str, *, exchange: str, source: str, confirm_timeout: flo
     if transport in ("amqp", "pyamqp", "amqps"):
         return AmqpPublisher(url, exchange=exchange, source=source, confirm_timeout=confirm_timeout)
     return KombuPublisher(url, exchange=exchange, source=source)
-
-
-def utcnow() -> dt.datetime:
-    return timezone.now()

@@ -7,6 +7,7 @@ from typing import Any
 from django.core import checks
 
 from .conf import UNKNOWN_TOPIC_POLICIES, UNROUTABLE_POLICIES, get_settings, unknown_keys
+from .exceptions import OutboxConfigurationError
 
 
 @checks.register(checks.Tags.compatibility)
@@ -22,7 +23,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         )
     try:
         conf = get_settings()
-    except TypeError as exc:
+    except (TypeError, OutboxConfigurationError) as exc:
         return [
             *errors,
             checks.Error(f"INBOX_OUTBOX cannot be read: {exc}", id="inbox_outbox.E000"),

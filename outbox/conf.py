@@ -15,6 +15,8 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from .exceptions import OutboxConfigurationError
+
 SETTING_NAME = "INBOX_OUTBOX"
 
 UNROUTABLE_POLICIES = ("retry", "dead", "ignore")
@@ -72,6 +74,11 @@ class Settings:
 
 def _build() -> Settings:
     user: dict[str, Any] = getattr(settings, SETTING_NAME, None) or {}
+    if not isinstance(user, dict):
+        raise OutboxConfigurationError(
+            f"settings.{SETTING_NAME} must be a dict, got {type(user).__name__}: "
+            f'write {SETTING_NAME} = {{"SERVICE": "your-service", ...}}.'
+        )
     known = {f.name for f in dataclasses.fields(Settings)}
     values = {}
     for key, value in user.items():
@@ -93,7 +100,7 @@ def unknown_keys() -> list[str]:
     """Keys of ``INBOX_OUTBOX`` that the library does not know (for the system check)."""
     user = getattr(settings, SETTING_NAME, None) or {}
     known = {f.name for f in dataclasses.fields(Settings)}
-    return sorted(k for k in user if k.lower() not in known)
+    return sorted(k for k in user if k.lower() not in known) if isinstance(user, dict) else []
 
 
 def broker_url() -> str:

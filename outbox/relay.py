@@ -20,7 +20,6 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import timedelta
 
 from celery.utils.time import get_exponential_backoff_interval
@@ -323,7 +322,7 @@ class Relay:
             total += self._finish()
         return total
 
-    def run(self, stop: threading.Event, *, on_batch: Callable[[int], None] | None = None) -> None:
+    def run(self, stop: threading.Event) -> None:
         """Relay until ``stop`` is set; wakes on PostgreSQL NOTIFY, else polls."""
         conf = get_settings()
         listener = None
@@ -356,8 +355,6 @@ class Relay:
                     listener = _close(listener)
                     stop.wait(delay)
                     continue
-                if on_batch is not None:
-                    on_batch(settled)
                 if settled or self.busy:
                     lingered = False
                 elif not lingered:

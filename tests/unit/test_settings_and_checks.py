@@ -1,5 +1,7 @@
 """The settings dict is read at call time and every mistake in it is reported with its fix."""
 
+import re
+
 import pytest
 
 from outbox.checks import check_settings
@@ -47,3 +49,13 @@ def test_a_bad_value_is_an_error_with_a_hint(settings, override, error):
     messages = check_settings()
     assert error in ids(messages)
     assert all(m.hint for m in messages)
+
+
+def test_a_setting_that_is_not_a_dict_is_an_error_that_shows_the_fix(settings):
+    from outbox import OutboxConfigurationError
+
+    settings.INBOX_OUTBOX = ["SERVICE", "billing"]
+    with pytest.raises(OutboxConfigurationError, match=re.escape('INBOX_OUTBOX = {"SERVICE"')):
+        get_settings()
+    [error] = check_settings()
+    assert error.id == "inbox_outbox.E000"
