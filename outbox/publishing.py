@@ -301,15 +301,16 @@ def _nudge_due(connection: Any) -> bool:
     PostgreSQL serializes the commits of transactions that NOTIFY, so one NOTIFY per
     transaction would cost more than the insert itself under load.
     """
-    if not get_settings().nudge:
+    conf = get_settings()
+    if not conf.nudge or time.monotonic() - _last_nudge < conf.nudge_interval:
         return False
     # Our commit hook is in the list while this transaction (or a savepoint of it that
     # was not rolled back, which would also have discarded the NOTIFY) carries a nudge.
-    if connection.in_atomic_block and any(
-        e[1] in (_nudged, _nudge_task) for e in connection.run_on_commit
-    ):
-        return False
-    return time.monotonic() - _last_nudge >= get_settings().nudge_interval
+    # Checked last: the scan is the only part whose cost grows with the transaction.
+    return not (
+        connection.in_atomic_block
+        and any(e[1] in (_nudged, _nudge_task) for e in connection.run_on_commit)
+    )
 
 
 def _nudged() -> None:
