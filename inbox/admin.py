@@ -6,19 +6,16 @@ from typing import Any
 
 from django.contrib import admin
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 
+from outbox import adminkit
 from outbox.adminkit import (
     CappedCountPaginator,
     ReadOnlyMixin,
-    capped_count,
     distinct_values,
-    for_admin,
     pre,
-    pretty_json,
     report,
     search_exact,
-    show_count,
 )
 
 from . import operations
@@ -55,7 +52,7 @@ class TopicFilter(admin.SimpleListFilter):
 
 
 @admin.register(InboxMessage)
-class InboxMessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class InboxMessageAdmin(adminkit.MessageAdmin):
     list_display = (
         "message_id",
         "consumer",
@@ -71,12 +68,8 @@ class InboxMessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_filter = ("status", ConsumerFilter, TopicFilter)
     date_hierarchy = "received_at"
     search_fields = ("message_id", "key", "topic")
-    paginator = CappedCountPaginator
-    show_full_result_count = False
-    show_facets = getattr(admin, "ShowFacets", None) and admin.ShowFacets.NEVER  # counts scan
-    list_per_page = 50
+    status_enum = Status
     change_list_template = "admin/inbox/inboxmessage/change_list.html"
-    actions = ("replay", "mark_dead", "purge")
     fields = (
         "message_id",
         "consumer",
@@ -96,18 +89,6 @@ class InboxMessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
     )
     readonly_fields = fields
 
-    @admin.display(description="payload")
-    def payload_json(self, obj: InboxMessage) -> str:
-        return pretty_json(obj.payload)
-
-    @admin.display(description="headers")
-    def headers_json(self, obj: InboxMessage) -> str:
-        return pretty_json(obj.headers)
-
-    @admin.display(description="last error")
-    def error(self, obj: InboxMessage) -> str:
-        return pre(obj.last_error)
-
     @admin.display(description="traceback")
     def traceback_text(self, obj: InboxMessage) -> str:
         return pre(obj.traceback)
@@ -125,25 +106,7 @@ class InboxMessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
             return queryset, False
         return search_exact(queryset, term, ("message_id", "key", "topic")), False
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[InboxMessage]:
-        return for_admin(super().get_queryset(request))
-
-    def changelist_view(
-        self, request: HttpRequest, extra_context: dict | None = None
-    ) -> HttpResponse:
-        counts = [
-            (s.label, s.value, show_count(capped_count(InboxMessage.objects.filter(status=s))))
-            for s in Status
-        ]
-        return super().changelist_view(request, {**(extra_context or {}), "status_counts": counts})
-
     # -- actions (each needs its own permission) ------------------------------------
-    def has_replay_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("inbox.replay_inboxmessage")
-
-    def has_purge_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("inbox.purge_inboxmessage")
-
     @admin.action(
         description="Replay: handle failed or dead messages again now", permissions=["replay"]
     )

@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import router, transaction
 from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
+from outbox.bulk import delete_in_batches
 from outbox.conf import get_settings
 
 from .models import InboxMessage, KeyProgress, Status
@@ -111,14 +111,7 @@ def purge(
     if dry_run:
         done = matching.count()
         return Outcome(done, queryset.count() - done)
-    alias = router.db_for_write(InboxMessage)
-    deleted = 0
-    while True:
-        with transaction.atomic(using=alias):
-            ids = list(matching.using(alias).order_by().values_list("id", flat=True)[:batch_size])
-            if not ids:
-                return Outcome(deleted, 0)
-            deleted += InboxMessage.objects.using(alias).filter(id__in=ids).delete()[0]
+    return Outcome(delete_in_batches(matching, batch_size), 0)
 
 
 def purge_expired_retention() -> int:

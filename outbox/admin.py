@@ -7,21 +7,10 @@ from typing import Any
 
 from django.contrib import admin
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 
-from . import operations
-from .adminkit import (
-    CappedCountPaginator,
-    ReadOnlyMixin,
-    capped_count,
-    distinct_values,
-    for_admin,
-    pre,
-    pretty_json,
-    report,
-    search_exact,
-    show_count,
-)
+from . import adminkit, operations
+from .adminkit import distinct_values, report, search_exact
 from .models import Message, Status
 
 
@@ -37,7 +26,7 @@ class TopicFilter(admin.SimpleListFilter):
 
 
 @admin.register(Message)
-class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class MessageAdmin(adminkit.MessageAdmin):
     list_display = (
         "id",
         "topic",
@@ -52,12 +41,8 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_filter = ("status", TopicFilter)
     date_hierarchy = "created_at"
     search_fields = ("id", "key", "topic")
-    paginator = CappedCountPaginator
-    show_full_result_count = False
-    show_facets = getattr(admin, "ShowFacets", None) and admin.ShowFacets.NEVER  # counts scan
-    list_per_page = 50
+    status_enum = Status
     change_list_template = "admin/outbox/message/change_list.html"
-    actions = ("replay", "mark_dead", "purge")
     fields = (
         "id",
         "topic",
@@ -78,18 +63,6 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
     )
     readonly_fields = fields
 
-    @admin.display(description="payload")
-    def payload_json(self, obj: Message) -> str:
-        return pretty_json(obj.payload)
-
-    @admin.display(description="headers")
-    def headers_json(self, obj: Message) -> str:
-        return pretty_json(obj.headers)
-
-    @admin.display(description="last error")
-    def error(self, obj: Message) -> str:
-        return pre(obj.last_error)
-
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Message], search_term: str
     ) -> tuple[QuerySet[Message], bool]:
@@ -102,25 +75,7 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
         except ValueError:
             return search_exact(queryset, term, ("key", "topic")), False
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Message]:
-        return for_admin(super().get_queryset(request))
-
-    def changelist_view(
-        self, request: HttpRequest, extra_context: dict | None = None
-    ) -> HttpResponse:
-        counts = [
-            (s.label, s.value, show_count(capped_count(Message.objects.filter(status=s))))
-            for s in Status
-        ]
-        return super().changelist_view(request, {**(extra_context or {}), "status_counts": counts})
-
     # -- actions (each needs its own permission) ------------------------------------
-    def has_replay_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("outbox.replay_message")
-
-    def has_purge_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("outbox.purge_message")
-
     @admin.action(description="Replay: publish again with the same id", permissions=["replay"])
     def replay(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
         outcome = operations.replay(queryset)

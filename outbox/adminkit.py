@@ -15,7 +15,7 @@ from django.core.paginator import Paginator
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections
 from django.db.models import Max, Min, Model, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
@@ -188,3 +188,50 @@ def report(
     modeladmin.message_user(
         request, text, messages.SUCCESS if done or not skipped else messages.WARNING
     )
+
+
+class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """What both apps' message admins share: no full count on any page, exact indexed
+    search, counts per status above the list, pretty JSON, and the replay and purge
+    actions behind the model's own ``replay_…`` and ``purge_…`` permissions.
+
+    Subclasses set ``status_enum`` and the actions ``replay``, ``mark_dead``, ``purge``.
+    """
+
+    status_enum: Any
+    paginator = CappedCountPaginator
+    show_full_result_count = False
+    show_facets = getattr(admin, "ShowFacets", None) and admin.ShowFacets.NEVER  # counts scan
+    list_per_page = 50
+    actions = ("replay", "mark_dead", "purge")
+
+    @admin.display(description="payload")
+    def payload_json(self, obj: Any) -> str:
+        return pretty_json(obj.payload)
+
+    @admin.display(description="headers")
+    def headers_json(self, obj: Any) -> str:
+        return pretty_json(obj.headers)
+
+    @admin.display(description="last error")
+    def error(self, obj: Any) -> str:
+        return pre(obj.last_error)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return for_admin(super().get_queryset(request))
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict | None = None
+    ) -> HttpResponse:
+        every = self.model._default_manager.all()
+        counts = [
+            (s.label, s.value, show_count(capped_count(every.filter(status=s))))
+            for s in self.status_enum
+        ]
+        return super().changelist_view(request, {**(extra_context or {}), "status_counts": counts})
+
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(f"{self.opts.app_label}.replay_{self.opts.model_name}")
+
+    def has_purge_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(f"{self.opts.app_label}.purge_{self.opts.model_name}")
