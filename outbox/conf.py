@@ -53,7 +53,7 @@ class Settings:
     consume_in_worker: bool = True
     prefetch_count: int = 100
     inbox_batch_size: int = 50
-    inbox_batch_delay: float = 0.002
+    inbox_batch_delay: float = 0.0
     max_body_bytes: int = 1024 * 1024
     unknown_topic: str = "reject"
     inbox_max_attempts: int = 8
