@@ -14,6 +14,7 @@ from .exceptions import (
     OutboxError,
     PayloadTooLarge,
     PublishError,
+    StatementLost,
 )
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "PayloadTooLarge",
     "PublishError",
     "Relay",
+    "StatementLost",
     "publish",
 ]
 

@@ -78,4 +78,21 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="inbox_outbox.E005",
             )
         )
+    if conf.prepare_statements not in (None, True, False):
+        errors.append(
+            checks.Error(
+                'INBOX_OUTBOX["PREPARE_STATEMENTS"] must be None, True or False, '
+                f"got {conf.prepare_statements!r}.",
+                hint="Remove it to let the library decide per database connection.",
+                id="inbox_outbox.E006",
+            )
+        )
+    if not isinstance(conf.defer_inserts, bool):
+        errors.append(
+            checks.Error(
+                f'INBOX_OUTBOX["DEFER_INSERTS"] must be True or False, got {conf.defer_inserts!r}.',
+                hint="Remove it to use the default (True).",
+                id="inbox_outbox.E007",
+            )
+        )
     return errors

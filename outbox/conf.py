@@ -37,6 +37,8 @@ class Settings:
     max_payload_bytes: int = 256 * 1024
     nudge: bool = True
     nudge_interval: float = 0.005
+    prepare_statements: bool | None = None
+    defer_inserts: bool = True
 
     # Outbox: relay.
     relay_batch_size: int = 500

@@ -1,6 +1,7 @@
 """Exceptions raised by the outbox. Catch :class:`OutboxError` to catch them all."""
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db import ProgrammingError
 
 
 class OutboxError(Exception):
@@ -17,6 +18,12 @@ class PayloadTooLarge(PublishError):
 
 class NotInTransaction(PublishError):
     """Raised when ``REQUIRE_ATOMIC`` is on and ``publish()`` runs outside ``transaction.atomic()``."""
+
+
+class StatementLost(OutboxError, ProgrammingError):
+    """Raised when ``publish()``'s prepared statement has vanished from the database session
+    (a connection pooler in transaction mode, or ``DISCARD ALL``). The transaction fails, as
+    on any database error; the next one prepares the statement again."""
 
 
 class BrokerUnavailable(OutboxError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import threading
 import time
 from typing import Any
@@ -18,6 +17,7 @@ from uuid6 import uuid7
 from .conf import get_settings
 from .exceptions import NotInTransaction, PayloadTooLarge, PublishError
 from .models import Message, Status
+from .session import Session, session_for
 
 NOTIFY_CHANNEL = "outbox_relay"
 
@@ -51,9 +51,14 @@ _ABSENT = {
 }
 
 
+#: Stateless, so one instance serves every thread; building one per call costs more than
+#: encoding a small payload.
+_ENCODER = DjangoJSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _dumps(value: Any, what: str, topic: str) -> str:
     try:
-        return json.dumps(value, cls=DjangoJSONEncoder, ensure_ascii=False, separators=(",", ":"))
+        return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise PublishError(
             f"The {what} for topic {topic!r} is not JSON-serialisable ({exc}). Pass plain "
@@ -92,14 +97,14 @@ _SEQUENCE_SQL_MYSQL = (
 )
 
 
-def _next_sequence(cursor: Any, vendor: str, topic: str, key: str) -> int:
+def _next_sequence(session: Session, vendor: str, topic: str, key: str) -> int:
     """Increment the (topic, key) counter; the row lock it takes lasts until commit."""
     if vendor == "mysql":
-        cursor.execute(_SEQUENCE_SQL_MYSQL, [topic, key])
-        cursor.execute("SELECT LAST_INSERT_ID()")
+        session.execute(_SEQUENCE_SQL_MYSQL, [topic, key])
+        session.execute("SELECT LAST_INSERT_ID()", [])
     else:
-        cursor.execute(_SEQUENCE_SQL, [topic, key])
-    return int(cursor.fetchone()[0])
+        session.execute(_SEQUENCE_SQL, [topic, key])
+    return int(session.cursor.fetchone()[0])
 
 
 def publish(
@@ -198,21 +203,6 @@ def publish(
     )
 
 
-def _cursor(connection: Any) -> Any:
-    """A cursor kept per database connection: creating one costs as much as the insert's
-    Python side. A reconnect gives a new raw connection, and with it a new cursor."""
-    cached = connection.__dict__.get("_outbox_cursor")
-    if (
-        cached is not None
-        and cached[0] is connection.connection
-        and not getattr(cached[1].cursor, "closed", False)
-    ):
-        return cached[1]
-    cursor = connection.cursor()
-    connection._outbox_cursor = (connection.connection, cursor)
-    return cursor
-
-
 def _insert(
     connection: Any,
     alias: str,
@@ -228,8 +218,8 @@ def _insert(
 ) -> Message:
     vendor = connection.vendor
     ops = connection.ops
-    cursor = _cursor(connection)
-    sequence = _next_sequence(cursor, vendor, topic, key) if key is not None else None
+    session = session_for(connection)
+    sequence = _next_sequence(session, vendor, topic, key) if key is not None else None
     message_id = uuid7()
     now_db = ops.adapt_datetimefield_value(now)
     notify = vendor == "postgresql" and _nudge_due(connection)
@@ -246,9 +236,12 @@ def _insert(
         "expires_at": ops.adapt_datetimefield_value(expires_at) if expires_at else None,
     }
     absent = frozenset(c for c in _ABSENT if row[c] is None)
-    cursor.execute(
-        _insert_sql(vendor, notify, absent), [v for c, v in row.items() if c not in absent]
-    )
+    statement = _insert_sql(vendor, notify, absent)
+    values = [v for c, v in row.items() if c not in absent]
+    if dedup_key is None:
+        session.insert(statement, values)
+    else:  # the unique constraint must answer now, inside publish()'s savepoint
+        session.execute(statement, values)
     if notify:
         transaction.on_commit(_nudged, using=alias)
     elif vendor != "postgresql" and _nudge_due(connection):

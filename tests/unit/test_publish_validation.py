@@ -8,7 +8,13 @@ import uuid
 import pytest
 from django.db import transaction
 
-from outbox import NotInTransaction, OutboxError, PayloadTooLarge, PublishError, publish
+from outbox import (
+    NotInTransaction,
+    OutboxError,
+    PayloadTooLarge,
+    PublishError,
+    publish,
+)
 from outbox.cloudevents import Outgoing, amqp_properties, encode
 from outbox.models import Message
 from project.shop.models import Order
