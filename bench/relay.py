@@ -169,7 +169,8 @@ def _purge(url: str, queue, delete: bool = False) -> None:  # type: ignore[no-un
 
 
 def bench_publish(transactions: int) -> dict[str, float]:
-    """Interleave rounds of the variants so drift affects them alike; report median rounds.
+    """Interleave short rounds of the variants (100 transactions each) so that the machine's
+    drift affects them alike; report the median round of each.
 
     Besides the transaction with and without ``publish()``, a third variant inserts the
     same outbox row with a plain hand-written INSERT on the same connection: a round trip
@@ -208,8 +209,8 @@ def bench_publish(transactions: int) -> dict[str, float]:
             cursor.execute(raw_sql, [uuid7(), "orders.placed", payload])
 
     variants = {"without": without, "publish": with_publish, "raw_sql": with_raw_sql}
-    rounds = 15
-    per_round = max(transactions // rounds, 1)
+    per_round = 100
+    rounds = max(transactions // per_round, 1)
     rates: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, run in variants.items():
