@@ -1,6 +1,6 @@
 """Relay throughput and publish() cost, each against a baseline measured in the same run.
 
-    .venv/bin/python bench/relay.py [--messages 100000] [--transactions 9000]
+    .venv/bin/python bench/relay.py [--messages 100000] [--transactions 9000] [--breakdown]
 
 1. Relay: drain a backlog of N outbox rows to RabbitMQ (confirmed, routed to a queue), against
    a bare baseline that publishes the same bodies with py-amqp and a window of publisher
@@ -8,6 +8,9 @@
 2. publish(): a one-row business transaction through the ORM, with and without publish(),
    and with the same outbox row inserted by a plain hand-written INSERT (what an outbox
    without prepared statements or deferred rows pays).
+
+``--breakdown`` runs only part 2, splitting publish()'s cost into its Python, the extra
+statement in the commit's round trip, and the row itself.
 """
 
 from __future__ import annotations
@@ -28,8 +31,16 @@ def main() -> None:
     parser.add_argument(
         "--keys", type=int, default=0, help="spread messages over this many ordering keys"
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="only the publish() part, with two more variants that show where its cost goes",
+    )
     args = parser.parse_args()
     django_setup()
+    if args.breakdown:
+        breakdown(args.transactions)
+        return
 
     relay_rate, base_rate = bench_relay(args.messages, args.keys)
     print(f"relay:     {relay_rate:,.0f} msg/s for a {args.messages:,}-message backlog")
@@ -168,7 +179,41 @@ def _purge(url: str, queue, delete: bool = False) -> None:  # type: ignore[no-un
         bound.delete() if delete else bound.purge()
 
 
-def bench_publish(transactions: int) -> dict[str, float]:
+def breakdown(transactions: int) -> None:
+    """publish()'s cost in parts, by leaving them out one at a time (not a measurement of
+    anything users run: the variants discard the outbox row or send a stand-in)."""
+    from django.db import connection
+
+    from outbox.session import Session
+
+    send = Session.flush
+
+    def stand_in(self: Session, *, commit: bool = False) -> bool:
+        """The same round trips, with ``SELECT 1`` where the held rows would go."""
+        if self.pending:
+            self.pending = [("SELECT 1", [])]
+        return send(self, commit=commit)
+
+    def python_only() -> None:
+        connection._outbox_session.discard()
+
+    tx = bench_publish(transactions, python_only=python_only, stand_in=stand_in)
+    per_tx = {name: 1e6 / rate for name, rate in tx.items()}
+    print(f"business transaction without publish(): {per_tx['without']:,.0f} us")
+    print(
+        f"publish()'s Python, row discarded:      +{per_tx['python'] - per_tx['without']:,.0f} us"
+    )
+    print(
+        f"  and SELECT 1 sent where the row goes: +{per_tx['stand_in'] - per_tx['python']:,.0f} us"
+    )
+    print(
+        f"  and the row itself:                   +{per_tx['publish'] - per_tx['stand_in']:,.0f} us"
+    )
+
+
+def bench_publish(  # type: ignore[no-untyped-def]
+    transactions: int, *, python_only=None, stand_in=None
+) -> dict[str, float]:
     """Interleave short rounds of the variants (100 transactions each) so that the machine's
     drift affects them alike; report the median round of each.
 
@@ -209,6 +254,30 @@ def bench_publish(transactions: int) -> dict[str, float]:
             cursor.execute(raw_sql, [uuid7(), "orders.placed", payload])
 
     variants = {"without": without, "publish": with_publish, "raw_sql": with_raw_sql}
+    if python_only is not None:
+        from outbox.session import Session
+
+        send = Session.flush
+
+        def python(i: int) -> None:
+            with transaction.atomic():
+                order = Order.objects.create(customer=f"c{i}", amount=1)
+                publish("orders.placed", {"order_id": order.pk, "amount": "1.00"})
+                python_only()
+
+        def with_stand_in(i: int) -> None:
+            Session.flush = stand_in
+            try:
+                with_publish(i)
+            finally:
+                Session.flush = send
+
+        variants = {
+            "without": without,
+            "python": python,
+            "stand_in": with_stand_in,
+            "publish": with_publish,
+        }
     per_round = 100
     rounds = max(transactions // per_round, 1)
     rates: dict[str, list[float]] = {name: [] for name in variants}
