@@ -53,7 +53,8 @@ def backoff_seconds(attempts: int, base: float, cap: float) -> float:
 
 
 #: Candidates looked at per claim, in batches: keyed messages behind a key already in flight
-#: are not claimable, so a relay looks past them for other keys' runs.
+#: are not claimable, so a relay that finds too few in its first batch looks past them for
+#: other keys' runs.
 CANDIDATE_WINDOW = 4
 
 
@@ -149,16 +150,23 @@ class Relay:
         now = timezone.now()
         base = Message.objects.using(self.using)
         with transaction.atomic(using=self.using):
-            candidates = list(
+            due = (
                 base.filter(status__in=UNSENT, available_at__lte=now)
                 .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
                 .order_by("id")
                 .select_for_update(skip_locked=True)
-                .values_list("id", "topic", "key", "sequence")[: self.batch_size * CANDIDATE_WINDOW]
+                .values_list("id", "topic", "key", "sequence")
             )
+            # Lock one batch first: each locked row costs a write, and when nothing is
+            # keyed (or no key is in flight) the first batch is all claimable.
+            candidates = list(due[: self.batch_size])
             if not candidates:
                 return [], []
             claimable = set(self._in_key_order(candidates))
+            if len(claimable) < self.batch_size and len(candidates) == self.batch_size:
+                more = due.filter(id__gt=candidates[-1][0])
+                candidates += more[: self.batch_size * (CANDIDATE_WINDOW - 1)]
+                claimable = set(self._in_key_order(candidates))
             ids = [c[0] for c in candidates if c[0] in claimable][: self.batch_size]  # oldest first
             if not ids:
                 return [], []
