@@ -113,6 +113,31 @@ def test_a_nacked_message_holds_back_the_rest_of_its_key_but_not_other_keys(name
     assert [s for k, s in sent_order if k == "a"][-2:] == [1, 2]  # a2 went out again, after a1
 
 
+def test_a_claim_looks_past_a_batch_of_messages_held_behind_a_key_in_flight(names):
+    class Records(Publisher):
+        def send(self, batch):
+            self.result = BatchResult(sent={m.id for m in batch})
+            self.batches.append([m.id for m in batch])
+
+        def collect(self):
+            return self.result
+
+    with transaction.atomic():
+        held = [publish("t", {}, key="a") for _ in range(6)]
+        free = [publish("t", {}) for _ in range(5)]
+    # Another relay holds the key's head: the next five, the oldest candidates, must wait.
+    Message.objects.filter(id=held[0].id).update(
+        lease_owner="elsewhere", lease_until=timezone.now() + dt.timedelta(minutes=1)
+    )
+    publisher = Records()
+    publisher.batches = []
+    relay = Relay(publisher=publisher, batch_size=5)
+    relay.run_once()
+    relay.close()
+    assert publisher.batches == [[m.id for m in free]]
+    assert set(Message.objects.filter(key="a").values_list("status", flat=True)) == {"pending"}
+
+
 def test_outbox_relay_drains_on_sigterm_and_exits_zero(names, queue, processes, broker_url):
     relay = processes.relay()
     wait_until(lambda: b"running" in relay.log_path.read_bytes(), timeout=30, message="relay start")
