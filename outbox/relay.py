@@ -58,6 +58,16 @@ def backoff_seconds(attempts: int, base: float, cap: float) -> float:
 CANDIDATE_WINDOW = 4
 
 
+_KEY_FIELDS = ("id", "topic", "key", "sequence")
+
+
+def _wire_rows(queryset):  # type: ignore[no-untyped-def]
+    """``queryset``'s rows as tuples of what goes on the wire; JSON columns stay text."""
+    return queryset.annotate(
+        payload_text=Cast("payload", TextField()), headers_text=Cast("headers", TextField())
+    ).values_list(*_KEY_FIELDS, "payload_text", "headers_text", "created_at", "expires_at")
+
+
 class Relay:
     """Moves outbox rows to the broker. Safe to run in any number of processes."""
 
@@ -155,49 +165,45 @@ class Relay:
                 .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
                 .order_by("id")
                 .select_for_update(skip_locked=True)
-                .values_list("id", "topic", "key", "sequence")
             )
-            # Lock one batch first: each locked row costs a write, and when nothing is
-            # keyed (or no key is in flight) the first batch is all claimable.
-            candidates = list(due[: self.batch_size])
-            if not candidates:
+            # Lock one batch first, reading what publishing needs as it goes: each locked
+            # row costs a write, and when nothing is keyed (or no key is in flight) the
+            # first batch is all claimable.
+            rows = {row[0]: row for row in _wire_rows(due)[: self.batch_size]}
+            if not rows:
                 return [], []
+            candidates = [row[:4] for row in rows.values()]
             claimable = set(self._in_key_order(candidates))
             if len(claimable) < self.batch_size and len(candidates) == self.batch_size:
-                more = due.filter(id__gt=candidates[-1][0])
+                more = due.filter(id__gt=candidates[-1][0]).values_list(*_KEY_FIELDS)
                 candidates += more[: self.batch_size * (CANDIDATE_WINDOW - 1)]
                 claimable = set(self._in_key_order(candidates))
             ids = [c[0] for c in candidates if c[0] in claimable][: self.batch_size]  # oldest first
             if not ids:
                 return [], []
+            missing = [mid for mid in ids if mid not in rows]
+            if missing:  # claimable rows found past the first batch, locked but not yet read
+                rows.update((row[0], row) for row in _wire_rows(base.filter(id__any=missing)))
             base.filter(id__any=ids).update(
                 lease_owner=self.owner,
                 lease_until=now + timedelta(seconds=conf.relay_lease_seconds),
             )
-        rows = (
-            base.filter(id__any=ids, lease_owner=self.owner)
-            .annotate(
-                payload_text=Cast("payload", TextField()), headers_text=Cast("headers", TextField())
-            )
-            .values_list(
-                "id",
-                "topic",
-                "key",
-                "sequence",
-                "payload_text",
-                "headers_text",
-                "created_at",
-                "expires_at",
-            )
-        )
         batch, expired = [], []
-        for mid, topic, key, seq, payload, headers, created, expires in rows:
+        for mid in ids:
+            mid, topic, key, seq, payload, headers, created, expires = rows[mid]
             if expires is not None and expires <= now:
                 expired.append(mid)
                 continue
             batch.append(
                 Outgoing(
-                    mid, topic, key, seq, payload, json.loads(headers or "{}"), created, expires
+                    mid,
+                    topic,
+                    key,
+                    seq,
+                    payload,
+                    json.loads(headers) if headers and headers != "{}" else {},
+                    created,
+                    expires,
                 )
             )
         # Keyless messages in id order; each key's run in sequence order.

@@ -135,3 +135,35 @@ def test_the_envelope_is_cloudevents_structured_json_with_the_extensions_used():
     assert props["message_id"] == str(uuid.UUID(int=5)) and props["type"] == "orders.placed"
     assert props["expiration"] == "30000" and props["application_headers"]["tenant"] == "x"
     assert props["timestamp"] == int(now.timestamp())
+
+
+def test_the_envelope_stays_valid_json_for_strings_that_need_escaping():
+    awkward = 'q"uote \\ back/slash \n\t\x00\x1f é € \u2028 😀'
+    message = Outgoing(
+        uuid.UUID(int=6),
+        f"topic {awkward}",
+        f"key {awkward}",
+        None,
+        '{"k":"\\u00e9"}',
+        {"tracestate": awkward, "traceparent": 42},
+        dt.datetime(2026, 11, 24, 9, 0, 0, 123456, tzinfo=dt.UTC),
+        None,
+    )
+    import json
+
+    body = encode(message, source=f"src {awkward}")
+    assert json.loads(body) == {
+        "specversion": "1.0",
+        "id": str(uuid.UUID(int=6)),
+        "source": f"src {awkward}",
+        "type": f"topic {awkward}",
+        "time": "2026-11-24T09:00:00.123456Z",
+        "datacontenttype": "application/json",
+        "partitionkey": f"key {awkward}",
+        "traceparent": "42",
+        "tracestate": awkward,
+        "data": {"k": "é"},
+    }
+    assert (
+        "é".encode() in body
+    )  # not escaped to \u00e9: the same bytes as json.dumps(ensure_ascii=False)
