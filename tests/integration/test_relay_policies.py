@@ -118,23 +118,26 @@ def test_a_claim_looks_past_a_batch_of_messages_held_behind_a_key_in_flight(name
         def send(self, batch):
             self.result = BatchResult(sent={m.id for m in batch})
             self.batches.append([m.id for m in batch])
+            self.payloads += [m.payload_json for m in batch]
 
         def collect(self):
             return self.result
 
     with transaction.atomic():
         held = [publish("t", {}, key="a") for _ in range(6)]
-        free = [publish("t", {}) for _ in range(5)]
+        free = [publish("t", {"n": n}) for n in range(5)]
     # Another relay holds the key's head: the next five, the oldest candidates, must wait.
     Message.objects.filter(id=held[0].id).update(
         lease_owner="elsewhere", lease_until=timezone.now() + dt.timedelta(minutes=1)
     )
     publisher = Records()
-    publisher.batches = []
+    publisher.batches, publisher.payloads = [], []
     relay = Relay(publisher=publisher, batch_size=5)
     relay.run_once()
     relay.close()
     assert publisher.batches == [[m.id for m in free]]
+    # Read after the look-past, not with the first batch: still each message's own payload.
+    assert [json.loads(p) for p in publisher.payloads] == [{"n": n} for n in range(5)]
     assert set(Message.objects.filter(key="a").values_list("status", flat=True)) == {"pending"}
 
 
