@@ -179,6 +179,59 @@ def _purge(url: str, queue, delete: bool = False) -> None:  # type: ignore[no-un
         bound.delete() if delete else bound.purge()
 
 
+def _without(i: int) -> None:
+    from django.db import transaction
+
+    from project.shop.models import Order
+
+    with transaction.atomic():
+        Order.objects.create(customer=f"c{i}", amount=1)
+
+
+def _with_publish(i: int, *, then=None) -> None:  # type: ignore[no-untyped-def]
+    from django.db import transaction
+
+    from outbox import publish
+    from project.shop.models import Order
+
+    with transaction.atomic():
+        order = Order.objects.create(customer=f"c{i}", amount=1)
+        publish("orders.placed", {"order_id": order.pk, "amount": "1.00"})
+        if then is not None:
+            then()
+
+
+#: The same outbox row as publish() writes, by a plain INSERT with its own round trip, parsed
+#: and planned each time.
+_RAW_SQL = (
+    "INSERT INTO outbox_message (id, topic, payload, headers, status, attempts, "
+    "available_at, lease_owner, created_at, last_error) "
+    "VALUES (%s, %s, %s::jsonb, '{}', 'pending', 0, now(), '', now(), '')"
+)
+
+
+def _with_raw_sql(i: int) -> None:
+    import json
+
+    from django.db import connection, transaction
+    from uuid6 import uuid7
+
+    from project.shop.models import Order
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        order = Order.objects.create(customer=f"c{i}", amount=1)
+        payload = json.dumps({"order_id": order.pk, "amount": "1.00"})
+        cursor.execute(_RAW_SQL, [uuid7(), "orders.placed", payload])
+
+
+def bench_publish(transactions: int) -> dict[str, float]:
+    """A one-row business transaction without ``publish()``, with it, and with the same
+    outbox row by a plain hand-written INSERT; transactions per second of each."""
+    return _interleaved(
+        {"without": _without, "publish": _with_publish, "raw_sql": _with_raw_sql}, transactions
+    )
+
+
 def breakdown(transactions: int) -> None:
     """publish()'s cost in parts, by leaving them out one at a time (not a measurement of
     anything users run: the variants discard the outbox row or send a stand-in)."""
@@ -194,94 +247,43 @@ def breakdown(transactions: int) -> None:
             self.pending = [("SELECT 1", [])]
         return send(self, commit=commit)
 
-    def python_only() -> None:
-        connection._outbox_session.discard()
+    def python_only(i: int) -> None:
+        _with_publish(i, then=lambda: connection._outbox_session.discard())
 
-    tx = bench_publish(transactions, python_only=python_only, stand_in=stand_in)
-    per_tx = {name: 1e6 / rate for name, rate in tx.items()}
-    print(f"business transaction without publish(): {per_tx['without']:,.0f} us")
-    print(
-        f"publish()'s Python, row discarded:      +{per_tx['python'] - per_tx['without']:,.0f} us"
+    def with_stand_in(i: int) -> None:
+        Session.flush = stand_in  # type: ignore[method-assign]
+        try:
+            _with_publish(i)
+        finally:
+            Session.flush = send  # type: ignore[method-assign]
+
+    tx = _interleaved(
+        {
+            "without": _without,
+            "python": python_only,
+            "stand_in": with_stand_in,
+            "publish": _with_publish,
+        },
+        transactions,
     )
-    print(
-        f"  and SELECT 1 sent where the row goes: +{per_tx['stand_in'] - per_tx['python']:,.0f} us"
-    )
-    print(
-        f"  and the row itself:                   +{per_tx['publish'] - per_tx['stand_in']:,.0f} us"
-    )
+    us = {name: 1e6 / rate for name, rate in tx.items()}
+    print(f"business transaction without publish(): {us['without']:,.0f} us")
+    print(f"publish()'s Python, row discarded:      +{us['python'] - us['without']:,.0f} us")
+    print(f"  and SELECT 1 sent where the row goes: +{us['stand_in'] - us['python']:,.0f} us")
+    print(f"  and the row itself:                   +{us['publish'] - us['stand_in']:,.0f} us")
 
 
-def bench_publish(  # type: ignore[no-untyped-def]
-    transactions: int, *, python_only=None, stand_in=None
-) -> dict[str, float]:
+def _interleaved(variants, transactions: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Interleave short rounds of the variants (100 transactions each) so that the machine's
-    drift affects them alike; report the median round of each.
-
-    Besides the transaction with and without ``publish()``, a third variant inserts the
-    same outbox row with a plain hand-written INSERT on the same connection: a round trip
-    of its own and a statement parsed and planned each time, which ``publish()`` avoids.
-    """
-    import json
+    drift affects them alike; the median round of each, in transactions per second."""
     import statistics
 
     from django.conf import settings
-    from django.db import connection, transaction
-    from uuid6 import uuid7
-
-    from outbox import publish
-    from project.shop.models import Order
 
     settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "NUDGE": True}
-    raw_sql = (
-        "INSERT INTO outbox_message (id, topic, payload, headers, status, attempts, "
-        "available_at, lease_owner, created_at, last_error) "
-        "VALUES (%s, %s, %s::jsonb, '{}', 'pending', 0, now(), '', now(), '')"
-    )
-
-    def without(i: int) -> None:
-        with transaction.atomic():
-            Order.objects.create(customer=f"c{i}", amount=1)
-
-    def with_publish(i: int) -> None:
-        with transaction.atomic():
-            order = Order.objects.create(customer=f"c{i}", amount=1)
-            publish("orders.placed", {"order_id": order.pk, "amount": "1.00"})
-
-    def with_raw_sql(i: int) -> None:
-        with transaction.atomic(), connection.cursor() as cursor:
-            order = Order.objects.create(customer=f"c{i}", amount=1)
-            payload = json.dumps({"order_id": order.pk, "amount": "1.00"})
-            cursor.execute(raw_sql, [uuid7(), "orders.placed", payload])
-
-    variants = {"without": without, "publish": with_publish, "raw_sql": with_raw_sql}
-    if python_only is not None:
-        from outbox.session import Session
-
-        send = Session.flush
-
-        def python(i: int) -> None:
-            with transaction.atomic():
-                order = Order.objects.create(customer=f"c{i}", amount=1)
-                publish("orders.placed", {"order_id": order.pk, "amount": "1.00"})
-                python_only()
-
-        def with_stand_in(i: int) -> None:
-            Session.flush = stand_in
-            try:
-                with_publish(i)
-            finally:
-                Session.flush = send
-
-        variants = {
-            "without": without,
-            "python": python,
-            "stand_in": with_stand_in,
-            "publish": with_publish,
-        }
     per_round = 100
-    rounds = max(transactions // per_round, 1)
     rates: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
+    for _ in range(max(transactions // per_round, 1)):
         for name, run in variants.items():
             started = time.perf_counter()
             for i in range(per_round):
