@@ -55,28 +55,30 @@ def main() -> None:
     from django.test import Client
 
     from inbox.models import InboxMessage
-    from outbox.models import Message
+    from outbox.models import OutboxMessage
 
     user = User.objects.filter(username="bench").first() or User.objects.create_superuser(
         "bench", "", "x"
     )
     client = Client(HTTP_HOST="localhost")
     client.force_login(user)
-    some_id = Message.objects.values_list("id", flat=True).first()
+    some_id = OutboxMessage.objects.values_list("id", flat=True).first()
     pages = {
         "admin index (baseline)": "/admin/",
-        "outbox list": "/admin/outbox/message/",
-        "outbox status=failed": "/admin/outbox/message/?status__exact=failed",
-        "outbox topic filter": "/admin/outbox/message/?topic=topic.7",
-        "outbox search by id": f"/admin/outbox/message/?q={some_id}",
-        "outbox date drill-down": "/admin/outbox/message/?created_at__year=2026",
-        "outbox detail": f"/admin/outbox/message/{some_id}/change/",
+        "outbox list": "/admin/outbox/outboxmessage/",
+        "outbox status=failed": "/admin/outbox/outboxmessage/?status__exact=failed",
+        "outbox topic filter": "/admin/outbox/outboxmessage/?topic=topic.7",
+        "outbox search by id": f"/admin/outbox/outboxmessage/?q={some_id}",
+        "outbox date drill-down": "/admin/outbox/outboxmessage/?created_at__year=2026",
+        "outbox detail": f"/admin/outbox/outboxmessage/{some_id}/change/",
         "inbox list": "/admin/inbox/inboxmessage/",
         "inbox status=failed": "/admin/inbox/inboxmessage/?status__exact=failed",
         "inbox consumer filter": "/admin/inbox/inboxmessage/?consumer=bench%3Ahandler3",
         "inbox search by id": "/admin/inbox/inboxmessage/?q=m4242",
     }
-    print(f"{Message.objects.count():,} outbox rows, {InboxMessage.objects.count():,} inbox rows")
+    print(
+        f"{OutboxMessage.objects.count():,} outbox rows, {InboxMessage.objects.count():,} inbox rows"
+    )
     base = None
     for label, url in pages.items():
         client.get(url)  # warm up

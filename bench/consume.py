@@ -42,7 +42,7 @@ def main() -> None:
     tag = f"bench{uuid.uuid4().hex[:6]}"
     from django.conf import settings
 
-    from outbox.conf import get_settings
+    from inbox_outbox.conf import get_settings
 
     settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "SERVICE": tag, "EXCHANGE": f"{tag}.events"}
     get_settings.cache_clear()
@@ -137,8 +137,8 @@ def bench_workers(count: int, workers: int, env: dict[str, str]) -> float:
     from django.utils import timezone
 
     from inbox.consumer import service_queue
-    from outbox.cloudevents import Outgoing, amqp_properties, encode
-    from outbox.conf import broker_url, get_settings
+    from inbox_outbox.cloudevents import Outgoing, amqp_properties, encode
+    from inbox_outbox.conf import broker_url, get_settings
     from tests.testapp.models import Effect
 
     _reset()
@@ -228,7 +228,7 @@ def bench_latency(
     from django.db import transaction
 
     from outbox import publish
-    from outbox.models import Message
+    from outbox.models import OutboxMessage
     from tests.testapp.models import Effect
 
     _reset()
@@ -260,7 +260,7 @@ def bench_latency(
         _wait_for(lambda: Effect.objects.count() >= count, timeout=120, what=f"{count} effects")
     finally:
         _stop(procs)
-    published = dict(Message.objects.values_list("id", "created_at"))
+    published = dict(OutboxMessage.objects.values_list("id", "created_at"))
     latencies = sorted(
         (handled - published[uuid.UUID(mid)]).total_seconds() * 1000
         for mid, handled in Effect.objects.values_list("message_id", "created_at")
@@ -271,7 +271,7 @@ def bench_latency(
 def _cleanup(tag: str) -> None:
     import kombu
 
-    from outbox.conf import broker_url
+    from inbox_outbox.conf import broker_url
 
     with kombu.Connection(broker_url()) as conn:
         for delete in (lambda c: c.queue_delete(tag), lambda c: c.exchange_delete(f"{tag}.events")):

@@ -59,7 +59,7 @@ def _messages(count: int) -> list[tuple[bytes, dict]]:
     """The relay's messages, encoded ahead of time: bodies and the same AMQP properties."""
     from django.utils import timezone
 
-    from outbox.cloudevents import Outgoing, amqp_properties, encode
+    from inbox_outbox.cloudevents import Outgoing, amqp_properties, encode
 
     now = timezone.now()
     outgoing = (
@@ -84,8 +84,8 @@ def bench_relay(count: int, keys: int) -> tuple[float, float]:
     from django.conf import settings
     from django.db import connection
 
-    from outbox.conf import broker_url
-    from outbox.models import Message
+    from inbox_outbox.conf import broker_url
+    from outbox.models import OutboxMessage
     from outbox.relay import Relay
 
     tag = uuid.uuid4().hex[:8]
@@ -94,7 +94,7 @@ def bench_relay(count: int, keys: int) -> tuple[float, float]:
         "EXCHANGE": f"bench-{tag}",
         "SERVICE": f"bench-{tag}",
     }
-    from outbox.conf import get_settings
+    from inbox_outbox.conf import get_settings
 
     get_settings.cache_clear()
     url = broker_url()
@@ -127,7 +127,7 @@ def bench_relay(count: int, keys: int) -> tuple[float, float]:
     relay_seconds = time.perf_counter() - started
     relay.close()
     assert settled == count, f"relay settled {settled} of {count}"
-    assert Message.objects.sent().count() == count, "not every message was marked sent"
+    assert OutboxMessage.objects.sent().count() == count, "not every message was marked sent"
     _purge(url, queue)
 
     # Baseline: the same messages (bodies and properties, encoded before the clock starts),

@@ -8,8 +8,8 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from outbox import adminkit
-from outbox.adminkit import (
+from inbox_outbox import adminkit
+from inbox_outbox.adminkit import (
     CappedCountPaginator,
     ReadOnlyMixin,
     distinct_values,
@@ -52,7 +52,7 @@ class TopicFilter(admin.SimpleListFilter):
 
 
 @admin.register(InboxMessage)
-class InboxMessageAdmin(adminkit.MessageAdmin):
+class InboxMessageAdmin(adminkit.MessageAdminBase):
     list_display = (
         "message_id",
         "consumer",
@@ -69,6 +69,7 @@ class InboxMessageAdmin(adminkit.MessageAdmin):
     date_hierarchy = "received_at"
     search_fields = ("message_id", "key", "topic")
     status_enum = Status
+    replay_codename, purge_codename = "replay_inboxmessage", "purge_inboxmessage"
     change_list_template = "admin/inbox/inboxmessage/change_list.html"
     fields = (
         "message_id",

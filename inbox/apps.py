@@ -11,11 +11,13 @@ class InboxConfig(AppConfig):
     def ready(self) -> None:
         from celery.signals import celeryd_init
 
-        from outbox import checks  # noqa: F401  (the settings checks are shared)
+        from inbox_outbox import checks as shared_checks
 
-        from . import checks as inbox_checks  # noqa: F401
+        from . import checks
         from .worker import install
 
+        shared_checks.register()
+        checks.register()
         # Like admin.py: every installed app's handlers.py registers its @handler functions.
         autodiscover_modules("handlers")
         celeryd_init.connect(install, weak=False, dispatch_uid="inbox.install_consumer")

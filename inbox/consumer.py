@@ -11,7 +11,8 @@ from typing import Any
 import kombu
 from django.db import DatabaseError, InterfaceError, connections
 
-from outbox.conf import broker_url, get_settings
+from inbox_outbox.broker import connect, events_exchange
+from inbox_outbox.conf import get_settings
 
 from .processing import process_batch, process_delivery
 from .registry import registry
@@ -28,7 +29,7 @@ def service_queue() -> kombu.Queue:
     All workers of one service share it (a consumer group); another service has its own.
     """
     conf = get_settings()
-    exchange = kombu.Exchange(conf.exchange, "topic", durable=True)
+    exchange = events_exchange()
     topics = sorted(registry.topics())
     return kombu.Queue(
         conf.queue_name,
@@ -102,7 +103,7 @@ class QueueConsumer:
     def __init__(
         self, url: str | None = None, *, connection: kombu.Connection | None = None
     ) -> None:
-        self.connection = connection or kombu.Connection(url or broker_url())
+        self.connection = connection or connect(url)
         self.queue = service_queue()
 
     def declare(self) -> None:

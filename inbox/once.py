@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from django.db import transaction
 
-from outbox.conf import get_settings
+from inbox_outbox.conf import get_settings
 
 from .models import Status
 from .processing import _alias, _insert

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
-from outbox.bulk import delete_in_batches
-from outbox.conf import get_settings
+from inbox_outbox.bulk import delete_in_batches
+from inbox_outbox.conf import get_settings
+from inbox_outbox.operations import OperationResult
 
 from .models import InboxMessage, KeyProgress, Status
 from .processing import drain_key, retry_row
@@ -25,16 +25,7 @@ PURGEABLE = (Status.DONE, Status.REJECTED)
 PURGE_BATCH = 1000
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """Rows an operation changed (or, in a dry run, would change), and rows it skipped."""
-
-    done: int
-    skipped: int
-    failed_again: int = 0
-
-
-def replay(queryset: QuerySet[InboxMessage], *, dry_run: bool = False) -> Outcome:
+def replay(queryset: QuerySet[InboxMessage], *, dry_run: bool = False) -> OperationResult:
     """Handle failed or dead rows again now, through the same code path as a retry.
 
     Each row gets one more attempt now; the count continues, so a replayed dead message
@@ -45,7 +36,7 @@ def replay(queryset: QuerySet[InboxMessage], *, dry_run: bool = False) -> Outcom
     applicable = queryset.filter(status__in=REPLAYABLE)
     if dry_run:
         done = applicable.count()
-        return Outcome(done, total - done)
+        return OperationResult(done, total - done)
     rows = list(applicable.values_list("id", "consumer"))
     InboxMessage.objects.filter(id__in=[r for r, _ in rows]).update(
         status=Status.FAILED, next_attempt_at=timezone.now()
@@ -57,7 +48,7 @@ def replay(queryset: QuerySet[InboxMessage], *, dry_run: bool = False) -> Outcom
             retry_row(handler, row_id)
             if InboxMessage.objects.filter(id=row_id).exclude(status=Status.DONE).exists():
                 failed_again += 1
-    return Outcome(len(rows), total - len(rows), failed_again)
+    return OperationResult(len(rows), total - len(rows), failed_again)
 
 
 def mark_dead(
@@ -65,13 +56,13 @@ def mark_dead(
     *,
     reason: str = "marked dead by an operator",
     dry_run: bool = False,
-) -> Outcome:
+) -> OperationResult:
     """Stop retrying (or waiting for) the rows; a dead head no longer holds back its key."""
     total = queryset.count()
     applicable = queryset.filter(status__in=KILLABLE)
     if dry_run:
         done = applicable.count()
-        return Outcome(done, total - done)
+        return OperationResult(done, total - done)
     rows = list(applicable.values_list("id", "consumer", "topic", "key", "sequence"))
     InboxMessage.objects.filter(id__in=[r[0] for r in rows]).update(
         status=Status.DEAD, next_attempt_at=None, last_error=reason
@@ -85,7 +76,7 @@ def mark_dead(
         handler = registry.for_consumer(consumer)
         if handler is not None:
             drain_key(handler, topic, key)
-    return Outcome(len(rows), total - len(rows))
+    return OperationResult(len(rows), total - len(rows))
 
 
 def purge(
@@ -95,7 +86,7 @@ def purge(
     respect_dedup_window: bool = True,
     batch_size: int = PURGE_BATCH,
     dry_run: bool = False,
-) -> Outcome:
+) -> OperationResult:
     """Delete the rows of ``queryset`` that are in ``statuses``, in batches.
 
     Processed rows younger than ``DEDUP_WINDOW_DAYS`` are kept unless
@@ -110,8 +101,8 @@ def purge(
         )
     if dry_run:
         done = matching.count()
-        return Outcome(done, queryset.count() - done)
-    return Outcome(delete_in_batches(matching, batch_size), 0)
+        return OperationResult(done, queryset.count() - done)
+    return OperationResult(delete_in_batches(matching, batch_size), 0)
 
 
 def purge_expired_retention() -> int:

@@ -24,9 +24,10 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, router, transaction
 from django.utils import timezone
 
-from outbox.conf import get_settings
-from outbox.relay import backoff_seconds
+from inbox_outbox.backoff import backoff_seconds
+from inbox_outbox.conf import get_settings
 
+from . import sql
 from .envelope import Envelope, body_id, parse
 from .exceptions import DoNotRetry, InvalidMessage, RetryAfter
 from .message import Message
@@ -44,25 +45,6 @@ class Outcome(enum.Enum):
     DEAD = "dead"
     REJECTED = "rejected"
     IGNORED = "ignored"
-
-
-_INSERT_COLUMNS = (
-    "consumer",
-    "message_id",
-    "topic",
-    "key",
-    "sequence",
-    "payload",
-    "headers",
-    "raw_body",
-    "status",
-    "attempts",
-    "received_at",
-    "processed_at",
-    "next_attempt_at",
-    "last_error",
-    "traceback",
-)
 
 
 def _alias(using: str | None) -> str:
@@ -87,15 +69,6 @@ def _insert(
     connection = connections[alias]
     ops = connection.ops
     now = ops.adapt_datetimefield_value(timezone.now())
-    jsonb = "::jsonb" if connection.vendor == "postgresql" else ""
-    values = ", ".join(
-        f"%s{jsonb}" if c in ("payload", "headers") else "%s" for c in _INSERT_COLUMNS
-    )
-    quoted = ", ".join(connection.ops.quote_name(c) for c in _INSERT_COLUMNS)
-    sql = (
-        f"INSERT INTO inbox_message ({quoted}) VALUES ({values}) "
-        f"ON CONFLICT (consumer, message_id) DO NOTHING RETURNING id"
-    )
     env = envelope
     params = [
         consumer,
@@ -115,7 +88,7 @@ def _insert(
         trace,
     ]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql.insert_row_unless_seen(connection.vendor), params)
         return cursor.fetchone() is not None
 
 
@@ -124,12 +97,7 @@ def _lock_progress(alias: str, consumer: str, topic: str, key: str) -> int:
     connection = connections[alias]
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO inbox_key_progress (consumer, topic, key, last_sequence, updated_at) "
-            "VALUES (%s, %s, %s, 0, %s) ON CONFLICT (consumer, topic, key) "
-            "DO UPDATE SET updated_at = excluded.updated_at RETURNING last_sequence",
-            [consumer, topic, key, now],
-        )
+        cursor.execute(sql.LOCK_PROGRESS, [consumer, topic, key, now])
         return int(cursor.fetchone()[0])
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from outbox.conf import get_settings
+from inbox_outbox.conf import get_settings
 
 from .exceptions import HandlerRegistrationError
 

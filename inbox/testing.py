@@ -13,15 +13,14 @@ message delivered twice has its effect once, exactly as in production::
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 from uuid6 import uuid7
 
-from outbox.cloudevents import CONTENT_TYPE, Outgoing, encode
-from outbox.conf import get_settings
+from inbox_outbox.cloudevents import CONTENT_TYPE, Outgoing, encode
+from inbox_outbox.conf import get_settings
 
 from .processing import Outcome, process_delivery
 
@@ -59,37 +58,17 @@ def deliver(
 def deliver_outbox(*, using: str | None = None) -> list[dict[str, Outcome]]:
     """Publish every due outbox row straight into this service's inbox, in relay order.
 
-    The rows are marked sent as the real relay would; use it to test a flow that
-    publishes and handles within one service.
+    For a service that installs both apps: the rows are marked sent as the real relay
+    would (through :func:`outbox.testing.relay_to`); use it to test a flow that publishes
+    and handles within one service.
     """
-    from outbox.broker import BatchResult, Publisher
-    from outbox.relay import Relay
+    from outbox.testing import relay_to  # needs the outbox app, as the flow it tests does
 
     outcomes: list[dict[str, Outcome]] = []
 
-    class InMemoryPublisher(Publisher):
-        result = BatchResult()
+    def into_inbox(body: bytes, properties: dict[str, Any]) -> None:
+        headers = properties.pop("application_headers", None)
+        outcomes.append(process_delivery(body, properties, headers, using=using))
 
-        def collect(self) -> BatchResult:
-            return self.result
-
-        def send(self, batch: Sequence[Outgoing]) -> None:
-            self.result = result = BatchResult()
-            for message in batch:
-                body = encode(message, source=get_settings().service)
-                outcomes.append(
-                    process_delivery(
-                        body,
-                        {
-                            "content_type": CONTENT_TYPE,
-                            "message_id": str(message.id),
-                            "type": message.topic,
-                        },
-                        message.headers,
-                        using=using,
-                    )
-                )
-                result.sent.add(message.id)
-
-    Relay(using=using, publisher=InMemoryPublisher()).drain()
+    relay_to(into_inbox, using=using)
     return outcomes

@@ -14,7 +14,7 @@ from typing import Any
 import kombu
 from celery import bootsteps
 
-from outbox.conf import get_settings
+from inbox_outbox.conf import get_settings
 
 from .consumer import Receiver, service_queue
 from .processing import retry_due

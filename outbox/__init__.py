@@ -5,6 +5,7 @@ relay (``manage.py outbox_relay`` or the ``outbox.relay`` Celery task) puts the
 message on the broker once that transaction has committed.
 """
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import (
@@ -19,10 +20,10 @@ from .exceptions import (
 
 __all__ = [
     "BrokerUnavailable",
-    "Message",
     "NotInTransaction",
     "OutboxConfigurationError",
     "OutboxError",
+    "OutboxMessage",
     "PayloadTooLarge",
     "PublishError",
     "Relay",
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .models import Message
+    from .models import OutboxMessage
     from .publishing import publish
     from .relay import Relay
 
@@ -42,10 +43,17 @@ def __getattr__(name: str) -> Any:
         from .publishing import publish
 
         return publish
-    if name == "Message":
-        from .models import Message
+    if name in ("OutboxMessage", "Message"):
+        from .models import OutboxMessage
 
-        return Message
+        if name == "Message":
+            warnings.warn(
+                "outbox.Message is now outbox.OutboxMessage (inbox.Message is what a handler "
+                "receives); the old name goes in 0.3.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        return OutboxMessage
     if name == "Relay":
         from .relay import Relay
 

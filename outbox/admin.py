@@ -9,9 +9,11 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from . import adminkit, operations
-from .adminkit import distinct_values, report, search_exact
-from .models import Message, Status
+from inbox_outbox import adminkit
+from inbox_outbox.adminkit import distinct_values, report, search_exact
+
+from . import operations
+from .models import OutboxMessage, Status
 
 
 class TopicFilter(admin.SimpleListFilter):
@@ -19,14 +21,16 @@ class TopicFilter(admin.SimpleListFilter):
     parameter_name = "topic"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(t, t) for t in distinct_values(Message.objects.all(), "topic")]
+        return [(t, t) for t in distinct_values(OutboxMessage.objects.all(), "topic")]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> QuerySet[Message]:
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[OutboxMessage]
+    ) -> QuerySet[OutboxMessage]:
         return queryset.filter(topic=self.value()) if self.value() else queryset
 
 
-@admin.register(Message)
-class MessageAdmin(adminkit.MessageAdmin):
+@admin.register(OutboxMessage)
+class OutboxMessageAdmin(adminkit.MessageAdminBase):
     list_display = (
         "id",
         "topic",
@@ -42,7 +46,9 @@ class MessageAdmin(adminkit.MessageAdmin):
     date_hierarchy = "created_at"
     search_fields = ("id", "key", "topic")
     status_enum = Status
-    change_list_template = "admin/outbox/message/change_list.html"
+    # The codenames kept their names when the model became OutboxMessage.
+    replay_codename, purge_codename = "replay_message", "purge_message"
+    change_list_template = "admin/outbox/outboxmessage/change_list.html"
     fields = (
         "id",
         "topic",
@@ -64,8 +70,8 @@ class MessageAdmin(adminkit.MessageAdmin):
     readonly_fields = fields
 
     def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Message], search_term: str
-    ) -> tuple[QuerySet[Message], bool]:
+        self, request: HttpRequest, queryset: QuerySet[OutboxMessage], search_term: str
+    ) -> tuple[QuerySet[OutboxMessage], bool]:
         """Exact matches only (indexed): a message id, an ordering key or a topic."""
         term = search_term.strip()
         if not term:
@@ -77,7 +83,7 @@ class MessageAdmin(adminkit.MessageAdmin):
 
     # -- actions (each needs its own permission) ------------------------------------
     @admin.action(description="Replay: publish again with the same id", permissions=["replay"])
-    def replay(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+    def replay(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
         outcome = operations.replay(queryset)
         report(
             self,
@@ -89,7 +95,7 @@ class MessageAdmin(adminkit.MessageAdmin):
         )
 
     @admin.action(description="Mark dead: stop trying to publish", permissions=["replay"])
-    def mark_dead(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+    def mark_dead(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
         outcome = operations.mark_dead(queryset)
         report(
             self,
@@ -101,7 +107,7 @@ class MessageAdmin(adminkit.MessageAdmin):
         )
 
     @admin.action(description="Purge: delete sent and expired messages", permissions=["purge"])
-    def purge(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+    def purge(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
         total = queryset.count()
         outcome = operations.purge(queryset)
         report(

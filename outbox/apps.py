@@ -8,4 +8,9 @@ class OutboxConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
+        from inbox_outbox import checks as shared_checks
+
+        from . import checks
+
+        shared_checks.register()
+        checks.register()

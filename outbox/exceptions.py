@@ -1,7 +1,8 @@
 """Exceptions raised by the outbox. Catch :class:`OutboxError` to catch them all."""
 
-from django.core.exceptions import ImproperlyConfigured
 from django.db import ProgrammingError
+
+from inbox_outbox.exceptions import ConfigurationError
 
 
 class OutboxError(Exception):
@@ -30,5 +31,5 @@ class BrokerUnavailable(OutboxError):
     """Raised by the relay when the broker cannot be reached; no attempt is charged."""
 
 
-class OutboxConfigurationError(OutboxError, ImproperlyConfigured):
+class OutboxConfigurationError(OutboxError, ConfigurationError):
     """Raised when ``INBOX_OUTBOX`` holds a value the outbox cannot use."""

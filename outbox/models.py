@@ -7,7 +7,7 @@ from django.db import models
 from django.utils import timezone
 from uuid6 import uuid7
 
-from .lookups import AnyOf
+from inbox_outbox.lookups import AnyOf
 
 #: Statuses a relay may still pick up; the partial indexes below cover exactly these.
 UNSENT = ("pending", "failed")
@@ -21,7 +21,7 @@ class Status(models.TextChoices):
     EXPIRED = "expired", "Expired"
 
 
-class MessageQuerySet(models.QuerySet["Message"]):
+class MessageQuerySet(models.QuerySet["OutboxMessage"]):
     def unsent(self) -> MessageQuerySet:
         return self.filter(status__in=UNSENT)
 
@@ -38,7 +38,7 @@ class MessageQuerySet(models.QuerySet["Message"]):
         return self.filter(status=Status.DEAD)
 
 
-class Message(models.Model):
+class OutboxMessage(models.Model):
     """A message waiting for, or done with, the relay.
 
     ``id`` is a UUIDv7 assigned by ``publish()``: time-ordered so the primary key
@@ -115,7 +115,7 @@ class Message(models.Model):
         return f"{self.topic} {self.id}"
 
 
-Message._meta.get_field("id").register_lookup(AnyOf)
+OutboxMessage._meta.get_field("id").register_lookup(AnyOf)
 
 
 class Sequence(models.Model):

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Count, Min, QuerySet
 from django.utils import timezone
 
-from .bulk import delete_in_batches
-from .conf import get_settings
-from .models import Message, Status
+from inbox_outbox.bulk import delete_in_batches
+from inbox_outbox.conf import get_settings
+from inbox_outbox.operations import OperationResult
+
+from .models import OutboxMessage, Status
 
 #: The statuses each operation applies to; rows in other statuses are skipped and counted.
 REPLAYABLE = (Status.SENT, Status.FAILED, Status.DEAD, Status.EXPIRED)
@@ -23,15 +24,7 @@ PURGEABLE = (Status.SENT, Status.EXPIRED)
 PURGE_BATCH = 1000
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """Rows an operation changed (or, in a dry run, would change), and rows it skipped."""
-
-    done: int
-    skipped: int
-
-
-def replay(queryset: QuerySet[Message], *, dry_run: bool = False) -> Outcome:
+def replay(queryset: QuerySet[OutboxMessage], *, dry_run: bool = False) -> OperationResult:
     """Publish the rows again with the same id: pending and due now.
 
     The attempt count continues, so a replayed dead message that fails again is dead again.
@@ -48,15 +41,15 @@ def replay(queryset: QuerySet[Message], *, dry_run: bool = False) -> Outcome:
             lease_until=None,
             last_error="",
         )
-    return Outcome(done, total - done)
+    return OperationResult(done, total - done)
 
 
 def mark_dead(
-    queryset: QuerySet[Message],
+    queryset: QuerySet[OutboxMessage],
     *,
     reason: str = "marked dead by an operator",
     dry_run: bool = False,
-) -> Outcome:
+) -> OperationResult:
     """Stop trying to publish the rows; they stay visible as dead."""
     total = queryset.count()
     applicable = queryset.filter(status__in=KILLABLE)
@@ -66,16 +59,16 @@ def mark_dead(
         done = applicable.update(
             status=Status.DEAD, lease_owner="", lease_until=None, last_error=reason
         )
-    return Outcome(done, total - done)
+    return OperationResult(done, total - done)
 
 
 def purge(
-    queryset: QuerySet[Message],
+    queryset: QuerySet[OutboxMessage],
     *,
     statuses: Iterable[str] = PURGEABLE,
     batch_size: int = PURGE_BATCH,
     dry_run: bool = False,
-) -> Outcome:
+) -> OperationResult:
     """Delete the rows of ``queryset`` that are in ``statuses``.
 
     Deletes by primary key in batches, each in its own short transaction: no long lock,
@@ -84,8 +77,8 @@ def purge(
     matching = queryset.filter(status__in=tuple(statuses))
     if dry_run:
         done = matching.count()
-        return Outcome(done, queryset.count() - done)
-    return Outcome(delete_in_batches(matching, batch_size), 0)
+        return OperationResult(done, queryset.count() - done)
+    return OperationResult(delete_in_batches(matching, batch_size), 0)
 
 
 def purge_expired_retention() -> int:
@@ -94,21 +87,21 @@ def purge_expired_retention() -> int:
     if days is None:
         return 0
     cutoff = timezone.now() - dt.timedelta(days=days)
-    return purge(Message.objects.filter(created_at__lt=cutoff)).done
+    return purge(OutboxMessage.objects.filter(created_at__lt=cutoff)).done
 
 
 def status() -> dict[str, Any]:
     """Counts per status and per topic, the oldest unsent message's age, recent failures."""
     now = timezone.now()
-    counts = dict(Message.objects.order_by().values_list("status").annotate(n=Count("id")))
+    counts = dict(OutboxMessage.objects.order_by().values_list("status").annotate(n=Count("id")))
     topics: dict[str, dict[str, int]] = {}
     for topic, state, n in (
-        Message.objects.order_by().values_list("topic", "status").annotate(n=Count("id"))
+        OutboxMessage.objects.order_by().values_list("topic", "status").annotate(n=Count("id"))
     ):
         topics.setdefault(topic, {})[state] = n
-    oldest = Message.objects.unsent().aggregate(oldest=Min("created_at"))["oldest"]
+    oldest = OutboxMessage.objects.unsent().aggregate(oldest=Min("created_at"))["oldest"]
     # A failure sets the next attempt in the future, and a death happens at an attempt.
-    recent = Message.objects.filter(
+    recent = OutboxMessage.objects.filter(
         status__in=(Status.FAILED, Status.DEAD), available_at__gte=now - dt.timedelta(hours=1)
     )
     return {

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
+import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -14,42 +15,14 @@ from django.db.models.base import ModelState
 from django.utils import timezone
 from uuid6 import uuid7
 
-from .conf import get_settings
+from inbox_outbox.conf import get_settings
+
+from . import sql
 from .exceptions import NotInTransaction, PayloadTooLarge, PublishError
-from .models import Message, Status
+from .models import OutboxMessage, Status
 from .session import Session, session_for
 
-NOTIFY_CHANNEL = "outbox_relay"
-
-#: Columns publish() writes, with the SQL for each value: %s takes a parameter.
-#: Optional columns that are absent get the literal in ``_ABSENT`` instead, so that the
-#: common message binds five parameters rather than ten.
-_VALUES = {
-    "id": "%s",
-    "topic": "%s",
-    "key": "%s",
-    "sequence": "%s",
-    "payload": "%s",
-    "headers": "%s",
-    "dedup_key": "%s",
-    "status": "'pending'",
-    "attempts": "0",
-    "available_at": "%s",
-    "lease_owner": "''",
-    "created_at": "%s",
-    "expires_at": "%s",
-    "last_error": "''",
-}
-
-
-_ABSENT = {
-    "key": "NULL",
-    "sequence": "NULL",
-    "headers": "'{}'",
-    "dedup_key": "NULL",
-    "expires_at": "NULL",
-}
-
+logger = logging.getLogger(__name__)
 
 #: Stateless, so one instance serves every thread; building one per call costs more than
 #: encoding a small payload.
@@ -67,43 +40,9 @@ def _dumps(value: Any, what: str, topic: str) -> str:
         ) from exc
 
 
-@functools.cache
-def _insert_sql(vendor: str, nudge: bool, absent: frozenset[str] = frozenset()) -> str:
-    values = {
-        column: _ABSENT[column] if column in absent else sql for column, sql in _VALUES.items()
-    }
-    if vendor == "postgresql":
-        values["payload"] = "%s::jsonb"
-        if "headers" not in absent:
-            values["headers"] = "%s::jsonb"
-    sql = (
-        f"INSERT INTO {Message._meta.db_table} ({', '.join(values)}) "
-        f"VALUES ({', '.join(values.values())})"
-    )
-    if vendor == "postgresql" and nudge:
-        # One round trip for row and nudge. The notification is delivered at commit and
-        # discarded on rollback; PostgreSQL folds repeats within one transaction.
-        sql = f"WITH row AS ({sql} RETURNING 1) SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM row"
-    return sql
-
-
-_SEQUENCE_SQL = (
-    "INSERT INTO outbox_sequence (topic, key, last) VALUES (%s, %s, 1) "
-    "ON CONFLICT (topic, key) DO UPDATE SET last = outbox_sequence.last + 1 RETURNING last"
-)
-_SEQUENCE_SQL_MYSQL = (
-    "INSERT INTO outbox_sequence (topic, `key`, last) VALUES (%s, %s, LAST_INSERT_ID(1)) "
-    "ON DUPLICATE KEY UPDATE last = LAST_INSERT_ID(last + 1)"
-)
-
-
-def _next_sequence(session: Session, vendor: str, topic: str, key: str) -> int:
+def _next_sequence(session: Session, topic: str, key: str) -> int:
     """Increment the (topic, key) counter; the row lock it takes lasts until commit."""
-    if vendor == "mysql":
-        session.execute(_SEQUENCE_SQL_MYSQL, [topic, key])
-        session.execute("SELECT LAST_INSERT_ID()", [])
-    else:
-        session.execute(_SEQUENCE_SQL, [topic, key])
+    session.execute(sql.NEXT_SEQUENCE, [topic, key])
     return int(session.cursor.fetchone()[0])
 
 
@@ -116,7 +55,7 @@ def publish(
     dedup_key: str | None = None,
     ttl: dt.timedelta | float | None = None,
     using: str | None = None,
-) -> Message:
+) -> OutboxMessage:
     """Record a message to publish once the surrounding transaction commits.
 
     The row is written through ``using``'s connection (by default the database
@@ -136,7 +75,7 @@ def publish(
         )
     if headers is not None and not isinstance(headers, dict):
         raise PublishError(f"headers must be a dict, got {type(headers).__name__}.")
-    alias = using or router.db_for_write(Message)
+    alias = using or router.db_for_write(OutboxMessage)
     connection = connections[alias]
     if conf.require_atomic and not connection.in_atomic_block:
         raise NotInTransaction(
@@ -153,8 +92,6 @@ def publish(
             "to the data (an id or URL) instead of the data itself, or raise the limit."
         )
     headers = dict(headers or {})
-    headers_json = _dumps(headers, "headers", topic) if headers else None
-
     now = timezone.now()
     expires_at = None
     if ttl is not None:
@@ -162,83 +99,82 @@ def publish(
         if seconds <= 0:
             raise PublishError(f"ttl must be positive, got {ttl!r}.")
         expires_at = now + dt.timedelta(seconds=seconds)
-
-    if dedup_key is not None:
-        with transaction.atomic(using=alias):
-            existing = Message.objects.using(alias).filter(dedup_key=dedup_key).first()
-            if existing is not None:
-                return existing
-            try:
-                with transaction.atomic(using=alias):
-                    return _insert(
-                        connection,
-                        alias,
-                        topic,
-                        key,
-                        payload,
-                        payload_json,
-                        headers,
-                        headers_json,
-                        dedup_key,
-                        now,
-                        expires_at,
-                    )
-            except IntegrityError:
-                existing = Message.objects.using(alias).filter(dedup_key=dedup_key).first()
-                if existing is None:
-                    raise
-                return existing
-    return _insert(
-        connection,
-        alias,
-        topic,
-        key,
-        payload,
-        payload_json,
-        headers,
-        headers_json,
-        None,
-        now,
-        expires_at,
+    new = NewMessage(
+        topic=topic,
+        key=key,
+        payload=payload,
+        payload_json=payload_json,
+        headers=headers,
+        headers_json=_dumps(headers, "headers", topic) if headers else None,
+        dedup_key=dedup_key,
+        created_at=now,
+        expires_at=expires_at,
     )
+    if dedup_key is not None:
+        return _insert_once(connection, alias, new)
+    if key is not None and not connection.in_atomic_block:
+        # The sequence and the row commit together, or a later sequence could commit first.
+        with transaction.atomic(using=alias):
+            return _insert(connection, alias, new)
+    return _insert(connection, alias, new)
 
 
-def _insert(
-    connection: Any,
-    alias: str,
-    topic: str,
-    key: str | None,
-    payload: Any,
-    payload_json: str,
-    headers: dict[str, Any],
-    headers_json: str | None,
-    dedup_key: str | None,
-    now: dt.datetime,
-    expires_at: dt.datetime | None,
-) -> Message:
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """What ``publish()`` validated, ready to be written as one outbox row."""
+
+    topic: str
+    key: str | None
+    payload: Any
+    payload_json: str
+    headers: dict[str, Any]
+    headers_json: str | None
+    dedup_key: str | None
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+
+
+def _insert_once(connection: Any, alias: str, new: NewMessage) -> OutboxMessage:
+    """Insert ``new`` unless a message with its dedup key exists; return the one that does."""
+    existing = OutboxMessage.objects.using(alias).filter(dedup_key=new.dedup_key)
+    with transaction.atomic(using=alias):
+        first = existing.first()
+        if first is not None:
+            return first
+        try:
+            with transaction.atomic(using=alias):
+                return _insert(connection, alias, new)
+        except IntegrityError:
+            first = existing.first()
+            if first is None:
+                raise
+            return first
+
+
+def _insert(connection: Any, alias: str, new: NewMessage) -> OutboxMessage:
     vendor = connection.vendor
     ops = connection.ops
     session = session_for(connection)
-    sequence = _next_sequence(session, vendor, topic, key) if key is not None else None
+    sequence = _next_sequence(session, new.topic, new.key) if new.key is not None else None
     message_id = uuid7()
-    now_db = ops.adapt_datetimefield_value(now)
+    now_db = ops.adapt_datetimefield_value(new.created_at)
     notify = vendor == "postgresql" and _nudge_due(connection)
     row = {
         "id": message_id if connection.features.has_native_uuid_field else message_id.hex,
-        "topic": topic,
-        "key": key,
+        "topic": new.topic,
+        "key": new.key,
         "sequence": sequence,
-        "payload": payload_json,
-        "headers": headers_json,
-        "dedup_key": dedup_key,
+        "payload": new.payload_json,
+        "headers": new.headers_json,
+        "dedup_key": new.dedup_key,
         "available_at": now_db,
         "created_at": now_db,
-        "expires_at": ops.adapt_datetimefield_value(expires_at) if expires_at else None,
+        "expires_at": ops.adapt_datetimefield_value(new.expires_at) if new.expires_at else None,
     }
-    absent = frozenset(c for c in _ABSENT if row[c] is None)
-    statement = _insert_sql(vendor, notify, absent)
+    absent = frozenset(c for c in sql.ABSENT_VALUES if row[c] is None)
+    statement = sql.insert_message(vendor, notify=notify, absent=absent)
     values = [v for c, v in row.items() if c not in absent]
-    if dedup_key is None:
+    if new.dedup_key is None:
         session.insert(statement, values)
     else:  # the unique constraint must answer now, inside publish()'s savepoint
         session.execute(statement, values)
@@ -249,25 +185,25 @@ def _insert(
     return _instance(
         alias,
         id=message_id,
-        topic=topic,
-        key=key,
+        topic=new.topic,
+        key=new.key,
         sequence=sequence,
-        payload=payload,
-        headers=headers,
-        dedup_key=dedup_key,
-        available_at=now,
-        created_at=now,
-        expires_at=expires_at,
+        payload=new.payload,
+        headers=new.headers,
+        dedup_key=new.dedup_key,
+        available_at=new.created_at,
+        created_at=new.created_at,
+        expires_at=new.expires_at,
     )
 
 
-def _instance(alias: str, **values: Any) -> Message:
+def _instance(alias: str, **values: Any) -> OutboxMessage:
     """The row just inserted, as a saved model instance.
 
     Built as Django builds unpickled instances (``__new__`` plus field values), skipping
     ``__init__``'s argument handling, which would cost more than the insert's Python side.
     """
-    message = Message.__new__(Message)
+    message = OutboxMessage.__new__(OutboxMessage)
     message.__dict__.update(
         status=Status.PENDING,
         attempts=0,
@@ -323,6 +259,4 @@ def _nudge_task() -> None:
     try:
         relay.apply_async(ignore_result=True)
     except Exception:  # the beat schedule will pick the message up; never fail a commit hook
-        import logging
-
-        logging.getLogger(__name__).warning("outbox: could not nudge the relay", exc_info=True)
+        logger.warning("outbox: could not nudge the relay", exc_info=True)

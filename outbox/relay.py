@@ -20,36 +20,24 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import timedelta
 
-from celery.utils.time import get_exponential_backoff_interval
 from django.db import DatabaseError, connections, router, transaction
-from django.db.models import F, Min, Q, TextField
+from django.db.models import F, Min, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from .broker import BatchResult, Publisher, make_publisher
-from .cloudevents import Outgoing
-from .conf import broker_url, get_settings
+from inbox_outbox.backoff import backoff_seconds
+from inbox_outbox.cloudevents import Outgoing
+from inbox_outbox.conf import broker_url, get_settings
+
+from . import sql
 from .exceptions import BrokerUnavailable
-from .models import UNSENT, Message, Status
-from .publishing import NOTIFY_CHANNEL
+from .models import UNSENT, OutboxMessage, Status
+from .publisher import BatchResult, Publisher, make_publisher
 
 logger = logging.getLogger(__name__)
-
-
-def backoff_seconds(attempts: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter, in seconds, for the ``attempts``-th failure.
-
-    Celery's helper works in whole units, so it is given milliseconds.
-    """
-    millis = get_exponential_backoff_interval(
-        factor=max(1, int(base * 1000)),
-        retries=max(attempts - 1, 0),
-        maximum=max(1, int(cap * 1000)),
-        full_jitter=True,
-    )
-    return max(millis, 1) / 1000
 
 
 #: Candidates looked at per claim, in batches: keyed messages behind a key already in flight
@@ -58,14 +46,37 @@ def backoff_seconds(attempts: int, base: float, cap: float) -> float:
 CANDIDATE_WINDOW = 4
 
 
-_KEY_FIELDS = ("id", "topic", "key", "sequence")
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An unsent row the claim considers: enough to decide whether its key lets it go."""
+
+    id: uuid.UUID
+    topic: str
+    key: str | None
+    sequence: int | None
 
 
-def _wire_rows(queryset):  # type: ignore[no-untyped-def]
-    """``queryset``'s rows as tuples of what goes on the wire; JSON columns stay text."""
-    return queryset.annotate(
-        payload_text=Cast("payload", TextField()), headers_text=Cast("headers", TextField())
-    ).values_list(*_KEY_FIELDS, "payload_text", "headers_text", "created_at", "expires_at")
+_CANDIDATE_FIELDS = ("id", "topic", "key", "sequence")
+
+
+def _candidates(queryset: QuerySet[OutboxMessage]) -> list[Candidate]:
+    return [Candidate(**row) for row in queryset.values(*_CANDIDATE_FIELDS)]
+
+
+def _outgoing(queryset: QuerySet[OutboxMessage]) -> list[Outgoing]:
+    """``queryset``'s rows as they go on the wire; the payload stays JSON text."""
+    rows = queryset.annotate(
+        payload_json=Cast("payload", TextField()), headers_text=Cast("headers", TextField())
+    ).values(*_CANDIDATE_FIELDS, "payload_json", "headers_text", "created_at", "expires_at")
+    return [
+        Outgoing(
+            headers=json.loads(headers)
+            if (headers := row.pop("headers_text")) not in (None, "{}")
+            else {},
+            **row,
+        )
+        for row in rows
+    ]
 
 
 class Relay:
@@ -80,7 +91,7 @@ class Relay:
         owner: str | None = None,
     ) -> None:
         conf = get_settings()
-        self.using = using or router.db_for_write(Message)
+        self.using = using or router.db_for_write(OutboxMessage)
         self.batch_size = batch_size or conf.relay_batch_size
         self.owner = owner or f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.publisher = publisher or make_publisher(
@@ -153,12 +164,12 @@ class Relay:
 
     def _messages(self, ids: list[uuid.UUID]):  # type: ignore[no-untyped-def]
         """Our leased rows among ``ids``: the only rows this relay may write back."""
-        return Message.objects.using(self.using).filter(id__any=ids, lease_owner=self.owner)
+        return OutboxMessage.objects.using(self.using).filter(id__any=ids, lease_owner=self.owner)
 
     def _claim(self) -> tuple[list[Outgoing], list[uuid.UUID]]:
         conf = get_settings()
         now = timezone.now()
-        base = Message.objects.using(self.using)
+        base = OutboxMessage.objects.using(self.using)
         with transaction.atomic(using=self.using):
             due = (
                 base.filter(status__in=UNSENT, available_at__lte=now)
@@ -169,56 +180,45 @@ class Relay:
             # Lock one batch first, reading what publishing needs as it goes: each locked
             # row costs a write, and when nothing is keyed (or no key is in flight) the
             # first batch is all claimable.
-            rows = {row[0]: row for row in _wire_rows(due)[: self.batch_size]}
+            rows = {row.id: row for row in _outgoing(due[: self.batch_size])}
             if not rows:
                 return [], []
-            candidates = [row[:4] for row in rows.values()]
+            candidates = [Candidate(r.id, r.topic, r.key, r.sequence) for r in rows.values()]
             claimable = set(self._in_key_order(candidates))
             if len(claimable) < self.batch_size and len(candidates) == self.batch_size:
-                more = due.filter(id__gt=candidates[-1][0]).values_list(*_KEY_FIELDS)
-                candidates += more[: self.batch_size * (CANDIDATE_WINDOW - 1)]
+                more = due.filter(id__gt=candidates[-1].id)
+                candidates += _candidates(more[: self.batch_size * (CANDIDATE_WINDOW - 1)])
                 claimable = set(self._in_key_order(candidates))
-            ids = [c[0] for c in candidates if c[0] in claimable][: self.batch_size]  # oldest first
+            ids = [c.id for c in candidates if c.id in claimable][: self.batch_size]  # oldest first
             if not ids:
                 return [], []
             missing = [mid for mid in ids if mid not in rows]
             if missing:  # claimable rows found past the first batch, locked but not yet read
-                rows.update((row[0], row) for row in _wire_rows(base.filter(id__any=missing)))
+                rows.update((row.id, row) for row in _outgoing(base.filter(id__any=missing)))
             base.filter(id__any=ids).update(
                 lease_owner=self.owner,
                 lease_until=now + timedelta(seconds=conf.relay_lease_seconds),
             )
         batch, expired = [], []
         for mid in ids:
-            mid, topic, key, seq, payload, headers, created, expires = rows[mid]
-            if expires is not None and expires <= now:
+            row = rows[mid]
+            if row.expires_at is not None and row.expires_at <= now:
                 expired.append(mid)
-                continue
-            batch.append(
-                Outgoing(
-                    mid,
-                    topic,
-                    key,
-                    seq,
-                    payload,
-                    json.loads(headers) if headers and headers != "{}" else {},
-                    created,
-                    expires,
-                )
-            )
+            else:
+                batch.append(row)
         # Keyless messages in id order; each key's run in sequence order.
         batch.sort(key=lambda m: (m.key is not None, m.topic, m.key or "", m.sequence or 0, m.id))
         return batch, expired
 
-    def _in_key_order(self, candidates: list[tuple]) -> list[uuid.UUID]:
+    def _in_key_order(self, candidates: list[Candidate]) -> list[uuid.UUID]:
         """Drop keyed candidates whose earlier messages are not claimable with them."""
         keyed: dict[tuple[str, str], list[tuple[int, uuid.UUID]]] = defaultdict(list)
         ids = []
-        for mid, topic, key, seq in candidates:
-            if key is None:
-                ids.append(mid)
+        for c in candidates:
+            if c.key is None or c.sequence is None:
+                ids.append(c.id)
             else:
-                keyed[(topic, key)].append((seq, mid))
+                keyed[(c.topic, c.key)].append((c.sequence, c.id))
         if not keyed:
             return ids
         condition = Q()
@@ -226,7 +226,7 @@ class Relay:
             condition |= Q(topic=topic, key=key)
         heads = {
             (topic, key): head
-            for topic, key, head in Message.objects.using(self.using)
+            for topic, key, head in OutboxMessage.objects.using(self.using)
             .filter(condition, status__in=UNSENT)
             .order_by()
             .values("topic", "key")
@@ -388,7 +388,7 @@ class Relay:
             return None
         conn = wrapper.get_new_connection(wrapper.get_connection_params())
         conn.autocommit = True
-        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        conn.execute(sql.LISTEN)
         return conn
 
     def _wait(self, listener, timeout: float, stop: threading.Event):  # type: ignore[no-untyped-def]

@@ -20,7 +20,8 @@ from typing import Any
 
 from django.db import ProgrammingError
 
-from .conf import get_settings
+from inbox_outbox.conf import get_settings
+
 from .exceptions import StatementLost
 
 _statement_numbers = itertools.count()

@@ -21,7 +21,7 @@ from django.db import DatabaseError, InterfaceError, connections, transaction
 from inbox.models import InboxMessage
 from inbox.processing import retry_due
 from outbox import publish
-from outbox.models import Message
+from outbox.models import OutboxMessage
 from project.shop.models import Order
 from tests.conftest import Processes, wait_until
 from tests.testapp.models import Effect
@@ -154,7 +154,7 @@ class System:
 def describe() -> str:
     """The system's state in one line, for failure messages."""
     outbox = dict(
-        Counter(Message.objects.filter(topic="test.effect").values_list("status", flat=True))
+        Counter(OutboxMessage.objects.filter(topic="test.effect").values_list("status", flat=True))
     )
     inbox = dict(Counter(InboxMessage.objects.values_list("status", flat=True)))
     effects = Effect.objects.filter(consumer="effect").count()
@@ -168,12 +168,12 @@ def settle(*, producer: Producer | None = None, timeout: float = 180, expect_dea
 
     def quiet() -> bool:
         retry_due()
-        if Message.objects.filter(topic="test.effect").unsent().exists():
+        if OutboxMessage.objects.filter(topic="test.effect").unsent().exists():
             return False
         if InboxMessage.objects.filter(status__in=("waiting", "failed")).exists():
             return False
         handled = Effect.objects.filter(consumer="effect").values("message_id").distinct().count()
-        committed = Message.objects.filter(topic="test.effect").count()
+        committed = OutboxMessage.objects.filter(topic="test.effect").count()
         return handled + expect_dead >= committed
 
     wait_until(
@@ -188,7 +188,7 @@ def check_books(
     """Prove, from the databases alone, that every committed message had exactly one effect."""
     committed = {
         str(i): p
-        for i, p in Message.objects.filter(topic="test.effect").values_list("id", "payload")
+        for i, p in OutboxMessage.objects.filter(topic="test.effect").values_list("id", "payload")
     }
     assert len(committed) >= minimum, f"only {len(committed)} messages committed"
     # 1. Atomic publish: an order exists exactly for each committed message.
@@ -197,7 +197,9 @@ def check_books(
         "business rows and messages disagree"
     )
     # 2. Nothing left unsent.
-    statuses = Counter(Message.objects.filter(topic="test.effect").values_list("status", flat=True))
+    statuses = Counter(
+        OutboxMessage.objects.filter(topic="test.effect").values_list("status", flat=True)
+    )
     assert set(statuses) == {"sent"}, f"outbox not drained: {dict(statuses)}"
     # 3. Exactly one effect per committed message and consumer; none for anything else.
     for consumer, dead in (("effect", set(expect_dead)), ("audit", set())):

@@ -18,8 +18,8 @@ import psycopg
 import pytest
 from django.db import connection
 
-from outbox.cloudevents import CONTENT_TYPE
-from outbox.models import Message
+from inbox_outbox.cloudevents import CONTENT_TYPE
+from outbox.models import OutboxMessage
 from tests.conftest import wait_until
 from tests.faults.harness import Producer, System, check_books, describe, settle
 from tests.tcp_proxy import TcpProxy
@@ -188,8 +188,8 @@ def test_poison_at_the_head_of_a_key_and_a_flaky_handler(system, names, broker_u
     )
     producer.start()
     settle(producer=producer, expect_dead=1, timeout=180)
-    poison = Message.objects.get(payload__n=0)
-    flaky = Message.objects.get(payload__n=1)
+    poison = OutboxMessage.objects.get(payload__n=0)
+    flaky = OutboxMessage.objects.get(payload__n=1)
     check_books(expect_dead={str(poison.id)}, minimum=N)
     from inbox.models import InboxMessage
 
@@ -221,7 +221,9 @@ def test_duplicate_storm(system, names, broker_url):
         while not stop.is_set():
             fresh = [
                 m
-                for m in Message.objects.sent().values("id", "topic", "key", "sequence", "payload")
+                for m in OutboxMessage.objects.sent().values(
+                    "id", "topic", "key", "sequence", "payload"
+                )
                 if m["id"] not in seen
             ]
             for m in fresh:
@@ -275,7 +277,7 @@ def test_commits_out_of_id_order_with_some_rolled_back(system, names, broker_url
     producer.start()
     settle(producer=producer)
     books = check_books(minimum=producer.expected)
-    late = Message.objects.filter(payload__n__in=list(range(0, N, 25))).count()
+    late = OutboxMessage.objects.filter(payload__n__in=list(range(0, N, 25))).count()
     assert late == len([n for n in range(0, N, 25) if n % 7]), "a slow transaction was lost"
     assert books["committed"] == producer.expected
 

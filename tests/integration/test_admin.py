@@ -10,11 +10,11 @@ from django.utils import timezone
 from inbox.models import InboxMessage
 from inbox.testing import deliver
 from outbox import publish
-from outbox.models import Message
+from outbox.models import OutboxMessage
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db]
 
-OUTBOX_LIST = "admin:outbox_message_changelist"
+OUTBOX_LIST = "admin:outbox_outboxmessage_changelist"
 INBOX_LIST = "admin:inbox_inboxmessage_changelist"
 
 
@@ -30,7 +30,7 @@ def viewer(client):
     """Staff who may look at messages but hold neither the replay nor the purge permission."""
     user = User.objects.create_user("viewer", password="pw", is_staff=True)
     user.user_permissions.add(
-        *Permission.objects.filter(codename__in=["view_message", "view_inboxmessage"])
+        *Permission.objects.filter(codename__in=["view_outboxmessage", "view_inboxmessage"])
     )
     client.force_login(user)
     return client
@@ -44,9 +44,9 @@ def post_action(client, url, action, ids):
 
 def test_the_outbox_list_filters_searches_and_counts_per_status(operator):
     sent = publish("orders.placed", {"n": 1}, key="c1")
-    Message.objects.filter(id=sent.id).update(status="sent")
+    OutboxMessage.objects.filter(id=sent.id).update(status="sent")
     failed = publish("payments.captured", {"n": 2})
-    Message.objects.filter(id=failed.id).update(status="failed", last_error="boom")
+    OutboxMessage.objects.filter(id=failed.id).update(status="failed", last_error="boom")
     page = operator.get(reverse(OUTBOX_LIST), {"status__exact": "failed"})
     assert page.status_code == 200
     assert str(failed.id) in page.text and str(sent.id) not in page.text
@@ -61,35 +61,37 @@ def test_the_outbox_list_filters_searches_and_counts_per_status(operator):
 
 def test_the_outbox_detail_shows_pretty_json_and_the_error_and_cannot_be_edited(operator):
     message = publish("orders.placed", {"order_id": 7, "items": ["a"]}, headers={"tenant": "x"})
-    Message.objects.filter(id=message.id).update(last_error="Traceback: it broke")
-    page = operator.get(reverse("admin:outbox_message_change", args=[message.id]))
+    OutboxMessage.objects.filter(id=message.id).update(last_error="Traceback: it broke")
+    page = operator.get(reverse("admin:outbox_outboxmessage_change", args=[message.id]))
     assert page.status_code == 200
     assert '<pre class="inbox-outbox-json">{\n  &quot;items&quot;: [' in page.text
     assert "<pre>Traceback: it broke</pre>" in page.text
     assert 'name="_save"' not in page.text  # read-only
-    assert operator.get(reverse("admin:outbox_message_add")).status_code == 403
+    assert operator.get(reverse("admin:outbox_outboxmessage_add")).status_code == 403
 
 
 def test_outbox_replay_requeues_with_the_same_id_and_skips_pending_rows(operator):
     dead, pending = publish("t", {}), publish("t", {})
-    Message.objects.filter(id=dead.id).update(status="dead", attempts=12, last_error="gave up")
+    OutboxMessage.objects.filter(id=dead.id).update(
+        status="dead", attempts=12, last_error="gave up"
+    )
     page = post_action(operator, OUTBOX_LIST, "replay", [dead.id, pending.id])
     assert (
         "Queued for publishing 1 outbox message. Skipped 1 outbox message that were still pending."
         in page.text
     )
-    row = Message.objects.get(id=dead.id)
+    row = OutboxMessage.objects.get(id=dead.id)
     assert (row.status, row.attempts, row.last_error) == ("pending", 12, "")
 
 
 def test_outbox_mark_dead_and_purge_report_what_they_skipped(operator):
     pending, sent = publish("t", {}), publish("t", {})
-    Message.objects.filter(id=sent.id).update(status="sent")
+    OutboxMessage.objects.filter(id=sent.id).update(status="sent")
     page = post_action(operator, OUTBOX_LIST, "mark_dead", [pending.id, sent.id])
     assert "Marked dead 1 outbox message." in page.text
     page = post_action(operator, OUTBOX_LIST, "purge", [pending.id, sent.id])
     assert "Purged 1 outbox message. Skipped 1 outbox message" in page.text
-    assert list(Message.objects.values_list("id", flat=True)) == [pending.id]
+    assert list(OutboxMessage.objects.values_list("id", flat=True)) == [pending.id]
 
 
 def test_inbox_list_filters_by_status_consumer_and_topic(operator, names):
@@ -128,7 +130,7 @@ def test_inbox_purge_keeps_rows_inside_the_dedup_window(operator, names):
 
 def test_staff_without_the_permissions_see_messages_but_no_actions(viewer):
     message = publish("t", {})
-    Message.objects.filter(id=message.id).update(status="dead")
+    OutboxMessage.objects.filter(id=message.id).update(status="dead")
     page = viewer.get(reverse(OUTBOX_LIST))
     assert page.status_code == 200 and str(message.id) in page.text
     assert 'value="replay"' not in page.text and 'value="purge"' not in page.text
@@ -145,32 +147,32 @@ def test_staff_without_the_permissions_see_messages_but_no_actions(viewer):
 )
 def test_posting_an_action_without_its_permission_changes_nothing(viewer, url, action, names):
     message = publish("t", {})
-    Message.objects.filter(id=message.id).update(status="sent")
+    OutboxMessage.objects.filter(id=message.id).update(status="sent")
     deliver("test.effect", {"do_not_retry": True}, id="evt-dead")
-    before_outbox = list(Message.objects.values_list("id", "status"))
+    before_outbox = list(OutboxMessage.objects.values_list("id", "status"))
     before_inbox = list(InboxMessage.objects.values_list("id", "status"))
     ids = [message.id] if url == OUTBOX_LIST else [r for r, _ in before_inbox]
     viewer.post(reverse(url), {"action": action, "_selected_action": [str(i) for i in ids]})
-    assert list(Message.objects.values_list("id", "status")) == before_outbox
+    assert list(OutboxMessage.objects.values_list("id", "status")) == before_outbox
     assert list(InboxMessage.objects.values_list("id", "status")) == before_inbox
 
 
 @pytest.mark.parametrize("kind", ["year", "month", "day"])
 def test_the_date_hierarchy_periods_match_djangos_own_query(kind):
-    from outbox.adminkit import for_admin
+    from inbox_outbox.adminkit import for_admin
 
     base = dt.datetime(2025, 12, 30, 23, 30, tzinfo=dt.UTC)
     for offset in (0, 1, 2, 3, 40, 41, 400):  # across days, a month, a year and a DST change
         message = publish("t", {})
-        Message.objects.filter(id=message.id).update(
+        OutboxMessage.objects.filter(id=message.id).update(
             created_at=base + dt.timedelta(hours=offset * 7)
         )
-    probing = for_admin(Message.objects.all())
+    probing = for_admin(OutboxMessage.objects.all())
     assert list(probing.datetimes("created_at", kind)) == list(
-        Message.objects.datetimes("created_at", kind)
+        OutboxMessage.objects.datetimes("created_at", kind)
     )
     failed = probing.filter(status="pending")
     assert list(failed.datetimes("created_at", kind, "DESC")) == list(
-        Message.objects.filter(status="pending").datetimes("created_at", kind, "DESC")
+        OutboxMessage.objects.filter(status="pending").datetimes("created_at", kind, "DESC")
     )
     assert list(probing.filter(topic="none").datetimes("created_at", kind)) == []

@@ -16,7 +16,7 @@ from inbox.processing import Outcome
 from inbox.tasks import purge as inbox_retention
 from inbox.testing import deliver
 from outbox import publish
-from outbox.models import Message
+from outbox.models import OutboxMessage
 from outbox.tasks import purge as outbox_retention
 from tests.conftest import ROOT
 from tests.testapp.models import Effect
@@ -36,11 +36,11 @@ def aged(queryset, days, field="created_at"):
 
 def test_outbox_replay_dry_run_changes_nothing_and_the_real_run_requeues(names):
     dead = publish("t", {})
-    Message.objects.filter(id=dead.id).update(status="dead")
+    OutboxMessage.objects.filter(id=dead.id).update(status="dead")
     assert "would replay 1 message(s)" in run("outbox_replay", "--status", "dead", "--dry-run")
-    assert Message.objects.get(id=dead.id).status == "dead"
+    assert OutboxMessage.objects.get(id=dead.id).status == "dead"
     assert "replayed 1 message(s)" in run("outbox_replay", "--id", str(dead.id))
-    assert Message.objects.get(id=dead.id).status == "pending"
+    assert OutboxMessage.objects.get(id=dead.id).status == "pending"
 
 
 def test_inbox_replay_selects_by_consumer_and_topic_and_handles_again(names):
@@ -89,17 +89,17 @@ def test_outbox_purge_deletes_old_sent_rows_in_batches_and_never_unsent_ones(nam
         for state in ("sent", "pending", "failed", "dead")
     }
     for state, ids in rows.items():
-        Message.objects.filter(id__in=ids).update(status=state)
-    aged(Message.objects.all(), 10)
+        OutboxMessage.objects.filter(id__in=ids).update(status=state)
+    aged(OutboxMessage.objects.all(), 10)
     fresh = publish("t", {})
-    Message.objects.filter(id=fresh.id).update(status="sent")
+    OutboxMessage.objects.filter(id=fresh.id).update(status="sent")
     assert "would delete 3" in run("outbox_purge", "--older-than-days", "7", "--dry-run")
-    assert Message.objects.count() == 13
+    assert OutboxMessage.objects.count() == 13
     assert "deleted 3" in run("outbox_purge", "--older-than-days", "7", "--batch-size", "2")
-    assert not Message.objects.filter(id__in=rows["sent"]).exists()
-    assert Message.objects.filter(status__in=["pending", "failed", "dead"]).count() == 9
+    assert not OutboxMessage.objects.filter(id__in=rows["sent"]).exists()
+    assert OutboxMessage.objects.filter(status__in=["pending", "failed", "dead"]).count() == 9
     assert "deleted 3" in run("outbox_purge", "--older-than-days", "7", "--include-dead")
-    assert Message.objects.filter(id=fresh.id).exists()
+    assert OutboxMessage.objects.filter(id=fresh.id).exists()
 
 
 def test_the_dedup_window_guard_keeps_a_purged_too_early_redelivery_a_duplicate(names, settings):
@@ -131,7 +131,7 @@ def test_inbox_purge_keeps_open_and_dead_rows_unless_told(names, settings):
 def test_status_reports_counts_age_and_failures_as_json(names):
     publish("orders.placed", {})
     failed = publish("orders.placed", {})
-    Message.objects.filter(id=failed.id).update(status="failed", available_at=timezone.now())
+    OutboxMessage.objects.filter(id=failed.id).update(status="failed", available_at=timezone.now())
     deliver("test.effect", {"audit_fails": True}, id="s1")
     outbox = json.loads(run("outbox_status", "--json"))
     assert outbox["counts"]["pending"] == 1 and outbox["counts"]["failed"] == 1
@@ -145,11 +145,11 @@ def test_status_reports_counts_age_and_failures_as_json(names):
 
 def test_retention_is_off_by_default_and_purges_old_rows_when_set(names, settings):
     sent = publish("t", {})
-    Message.objects.filter(id=sent.id).update(status="sent")
-    aged(Message.objects.all(), 40)
+    OutboxMessage.objects.filter(id=sent.id).update(status="sent")
+    aged(OutboxMessage.objects.all(), 40)
     deliver("test.effect", {}, id="r1")
     aged(InboxMessage.objects.all(), 40, "received_at")
     assert outbox_retention() == 0 and inbox_retention() == 0
     settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "RETENTION_DAYS": 14, "DEDUP_WINDOW_DAYS": 30}
     assert outbox_retention() == 1 and inbox_retention() == 2
-    assert not Message.objects.exists() and not InboxMessage.objects.exists()
+    assert not OutboxMessage.objects.exists() and not InboxMessage.objects.exists()

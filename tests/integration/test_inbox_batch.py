@@ -6,7 +6,7 @@ import pytest
 
 from inbox.models import InboxMessage
 from inbox.processing import process_batch
-from outbox.cloudevents import CONTENT_TYPE
+from inbox_outbox.cloudevents import CONTENT_TYPE
 from tests.conftest import cloudevent
 from tests.testapp.models import Effect
 

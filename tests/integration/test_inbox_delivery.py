@@ -10,7 +10,7 @@ from inbox.models import InboxMessage, KeyProgress
 from inbox.processing import Outcome, retry_due
 from inbox.testing import deliver, deliver_outbox
 from outbox import publish
-from outbox.models import Message
+from outbox.models import OutboxMessage
 from tests.testapp.models import Account, Effect
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -126,7 +126,7 @@ def test_a_redelivered_message_whose_handler_publishes_writes_one_outgoing_row()
     for _ in range(3):
         deliver("test.transfer", {"account": "erin", "amount": 4}, id="transfer-1")
     assert Account.objects.get(name="erin").balance == 4
-    assert Message.objects.filter(topic="test.transferred").count() == 1
+    assert OutboxMessage.objects.filter(topic="test.transferred").count() == 1
 
 
 def test_deliver_outbox_runs_a_publish_through_the_inbox_and_marks_it_sent():
@@ -134,7 +134,7 @@ def test_deliver_outbox_runs_a_publish_through_the_inbox_and_marks_it_sent():
     [outcomes] = deliver_outbox()
     assert set(outcomes.values()) == {Outcome.DONE}
     assert effects() == [str(message.id)]
-    assert Message.objects.get(id=message.id).status == "sent"
+    assert OutboxMessage.objects.get(id=message.id).status == "sent"
 
 
 def test_a_key_stranded_by_a_crash_between_commit_and_drain_heals_on_the_next_arrival(monkeypatch):

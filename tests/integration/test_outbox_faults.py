@@ -15,7 +15,7 @@ import pytest
 from django.db import transaction
 
 from outbox import publish
-from outbox.models import Message
+from outbox.models import OutboxMessage
 from tests.conftest import ROOT, read_queue, wait_until
 from tests.tcp_proxy import TcpProxy
 
@@ -38,7 +38,7 @@ def publish_many(count, *, keys=0, per_transaction=200, start=0):
 
 
 def all_sent():
-    return not Message.objects.unsent().exists()
+    return not OutboxMessage.objects.unsent().exists()
 
 
 def test_a_broker_outage_loses_nothing_and_charges_no_attempt(names, processes, queue, broker_url):
@@ -74,7 +74,7 @@ def test_a_broker_outage_loses_nothing_and_charges_no_attempt(names, processes, 
     delivered = Counter(m.properties["message_id"] for m in read_queue(broker_url, queue))
     assert set(delivered) == set(ids), "a committed message never reached the broker"
     assert len(ids) == 2000
-    rows = Message.objects.filter(id__in=ids)
+    rows = OutboxMessage.objects.filter(id__in=ids)
     assert set(rows.values_list("status", flat=True)) == {"sent"}
     # An outage is not the message's fault: every row was charged exactly its one success.
     assert set(rows.values_list("attempts", flat=True)) == {1}
@@ -97,7 +97,7 @@ def test_a_relay_killed_after_the_confirm_and_before_marking_sent_leads_to_a_res
     )
     assert crashed.returncode == 9, crashed.stdout + crashed.stderr
     assert "dying before marking sent" in crashed.stdout
-    assert Message.objects.get(id=message_id).status == "pending"  # confirmed, yet not marked
+    assert OutboxMessage.objects.get(id=message_id).status == "pending"  # confirmed, yet not marked
 
     time.sleep(2.5)  # the dead relay's lease expires
     again = subprocess.run(
@@ -113,7 +113,7 @@ def test_a_relay_killed_after_the_confirm_and_before_marking_sent_leads_to_a_res
     deliveries = read_queue(broker_url, queue)
     assert [m.properties["message_id"] for m in deliveries] == [message_id, message_id]
     assert json.loads(deliveries[0].body) == json.loads(deliveries[1].body)  # same id, same body
-    assert Message.objects.get(id=message_id).status == "sent"
+    assert OutboxMessage.objects.get(id=message_id).status == "sent"
 
 
 def test_three_relays_send_10000_keyed_messages_once_each_in_key_order(
@@ -145,7 +145,7 @@ def test_three_relays_send_10000_keyed_messages_once_each_in_key_order(
     # No crash happened, so a message delivered twice could only mean two live relays
     # claimed it at once.
     assert max(counts.values()) == 1
-    owners = set(Message.objects.values_list("lease_owner", flat=True))
+    owners = set(OutboxMessage.objects.values_list("lease_owner", flat=True))
     assert owners == {""}  # every lease was written back by its owner
     seen = defaultdict(list)
     for m in deliveries:

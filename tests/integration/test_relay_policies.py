@@ -12,8 +12,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from outbox import publish
-from outbox.broker import BatchResult, Publisher
-from outbox.models import Message
+from outbox.models import OutboxMessage
+from outbox.publisher import BatchResult, Publisher
 from outbox.relay import Relay
 from tests.conftest import ROOT, read_queue, wait_until
 
@@ -37,7 +37,7 @@ def relay_once():
 def test_an_unroutable_message_is_not_marked_sent_but_retried_with_backoff(names, queue):
     message = publish("nobody.listens", {})
     relay_once()
-    row = Message.objects.get(id=message.id)
+    row = OutboxMessage.objects.get(id=message.id)
     assert row.status == "failed" and row.attempts == 1
     assert "unroutable" in row.last_error and row.available_at > timezone.now()
 
@@ -46,9 +46,9 @@ def test_unroutable_messages_end_dead_after_the_maximum_attempts(names, queue, s
     settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "RELAY_MAX_ATTEMPTS": 3}
     message = publish("nobody.listens", {})
     for _ in range(3):
-        Message.objects.filter(id=message.id).update(available_at=timezone.now())
+        OutboxMessage.objects.filter(id=message.id).update(available_at=timezone.now())
         relay_once()
-    row = Message.objects.get(id=message.id)
+    row = OutboxMessage.objects.get(id=message.id)
     assert (row.status, row.attempts) == ("dead", 3)
 
 
@@ -59,16 +59,18 @@ def test_the_dead_and_ignore_policies_for_unroutable_messages(names, queue, sett
     settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "UNROUTABLE": "ignore"}
     ignored = publish("nobody.listens", {})
     relay_once()
-    assert Message.objects.get(id=dead.id).status == "dead"
-    assert Message.objects.get(id=ignored.id).status == "sent"
+    assert OutboxMessage.objects.get(id=dead.id).status == "dead"
+    assert OutboxMessage.objects.get(id=ignored.id).status == "sent"
 
 
 def test_a_message_past_its_ttl_is_marked_expired_and_never_published(names, queue, broker_url):
     stale = publish("bound.event", {"n": 1}, ttl=60)
-    Message.objects.filter(id=stale.id).update(expires_at=timezone.now() - dt.timedelta(seconds=1))
+    OutboxMessage.objects.filter(id=stale.id).update(
+        expires_at=timezone.now() - dt.timedelta(seconds=1)
+    )
     fresh = publish("bound.event", {"n": 2}, ttl=60)
     relay_once()
-    assert Message.objects.get(id=stale.id).status == "expired"
+    assert OutboxMessage.objects.get(id=stale.id).status == "expired"
     [delivered] = read_queue(broker_url, queue)
     assert delivered.properties["message_id"] == str(fresh.id)
     assert 0 < int(delivered.properties["expiration"]) <= 60_000
@@ -77,7 +79,7 @@ def test_a_message_past_its_ttl_is_marked_expired_and_never_published(names, que
 def test_a_resent_message_keeps_its_id_and_body(names, queue, broker_url):
     message = publish("bound.event", {"n": 1}, key="k")
     relay_once()
-    Message.objects.filter(id=message.id).update(status="pending")
+    OutboxMessage.objects.filter(id=message.id).update(status="pending")
     relay_once()
     first, second = read_queue(broker_url, queue)
     assert first.properties["message_id"] == second.properties["message_id"] == str(message.id)
@@ -105,11 +107,11 @@ def test_a_nacked_message_holds_back_the_rest_of_its_key_but_not_other_keys(name
         b1 = publish("t", {}, key="b")
     relay = Relay(publisher=NacksFirst())
     relay.drain()
-    status = dict(Message.objects.values_list("id", "status"))
+    status = dict(OutboxMessage.objects.values_list("id", "status"))
     assert status[a1.id] == "failed" and status[a2.id] == "pending" and status[b1.id] == "sent"
-    Message.objects.filter(id=a1.id).update(available_at=timezone.now())
+    OutboxMessage.objects.filter(id=a1.id).update(available_at=timezone.now())
     relay.drain()
-    assert set(Message.objects.values_list("status", flat=True)) == {"sent"}
+    assert set(OutboxMessage.objects.values_list("status", flat=True)) == {"sent"}
     assert [s for k, s in sent_order if k == "a"][-2:] == [1, 2]  # a2 went out again, after a1
 
 
@@ -127,7 +129,7 @@ def test_a_claim_looks_past_a_batch_of_messages_held_behind_a_key_in_flight(name
         held = [publish("t", {}, key="a") for _ in range(6)]
         free = [publish("t", {"n": n}) for n in range(5)]
     # Another relay holds the key's head: the next five, the oldest candidates, must wait.
-    Message.objects.filter(id=held[0].id).update(
+    OutboxMessage.objects.filter(id=held[0].id).update(
         lease_owner="elsewhere", lease_until=timezone.now() + dt.timedelta(minutes=1)
     )
     publisher = Records()
@@ -138,7 +140,9 @@ def test_a_claim_looks_past_a_batch_of_messages_held_behind_a_key_in_flight(name
     assert publisher.batches == [[m.id for m in free]]
     # Read after the look-past, not with the first batch: still each message's own payload.
     assert [json.loads(p) for p in publisher.payloads] == [{"n": n} for n in range(5)]
-    assert set(Message.objects.filter(key="a").values_list("status", flat=True)) == {"pending"}
+    assert set(OutboxMessage.objects.filter(key="a").values_list("status", flat=True)) == {
+        "pending"
+    }
 
 
 def test_outbox_relay_drains_on_sigterm_and_exits_zero(names, queue, processes, broker_url):
@@ -147,7 +151,9 @@ def test_outbox_relay_drains_on_sigterm_and_exits_zero(names, queue, processes, 
     with transaction.atomic():
         message = publish("bound.event", {})
     wait_until(
-        lambda: Message.objects.get(id=message.id).status == "sent", timeout=30, message="sent"
+        lambda: OutboxMessage.objects.get(id=message.id).status == "sent",
+        timeout=30,
+        message="sent",
     )
     started = time.monotonic()
     processes.kill(relay, signal.SIGTERM)

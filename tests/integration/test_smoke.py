@@ -7,7 +7,7 @@ import pytest
 from django.db import transaction
 
 from outbox import publish
-from outbox.models import Message
+from outbox.models import OutboxMessage
 from outbox.relay import Relay
 from tests.conftest import read_queue
 
@@ -41,4 +41,4 @@ def test_committed_message_reaches_the_broker_and_rolled_back_one_does_not(names
     assert body["partitionkey"] == "c1" and body["sequence"] == "1"
     assert delivered.properties["message_id"] == str(sent.id)
     assert delivered.content_type == "application/cloudevents+json"
-    assert Message.objects.get(id=sent.id).status == "sent"
+    assert OutboxMessage.objects.get(id=sent.id).status == "sent"

@@ -12,9 +12,9 @@ import pytest
 from django.db import transaction
 
 from inbox.models import InboxMessage
+from inbox_outbox.cloudevents import CONTENT_TYPE
 from outbox import publish
-from outbox.cloudevents import CONTENT_TYPE
-from outbox.models import Message
+from outbox.models import OutboxMessage
 from tests.conftest import cloudevent, wait_until
 from tests.testapp.models import Account, Effect
 
@@ -182,7 +182,7 @@ def test_a_redelivered_message_whose_handler_publishes_produces_one_outgoing_mes
     )
     time.sleep(1)
     assert Account.objects.get(name="alice").balance == 5
-    assert Message.objects.filter(topic="test.transferred").count() == 1
+    assert OutboxMessage.objects.filter(topic="test.transferred").count() == 1
 
 
 def test_poison_is_stored_with_its_reason_and_the_worker_keeps_consuming(
@@ -250,7 +250,7 @@ def test_10000_messages_through_outbox_relay_and_two_workers_have_10000_effects(
     elapsed = time.monotonic() - started
     time.sleep(1)
     assert set(effects()) == ids and len(effects()) == 10_000
-    assert not Message.objects.unsent().exists()
+    assert not OutboxMessage.objects.unsent().exists()
     assert not InboxMessage.objects.exclude(status="done").exists()
     print(f"\n10,000 messages end to end in {elapsed:.1f}s after the last commit")
 

@@ -8,7 +8,7 @@ import pytest
 from django.db import connection, transaction
 
 from outbox import StatementLost, publish
-from outbox.models import Message
+from outbox.models import OutboxMessage
 from project.shop.models import Order
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -25,11 +25,11 @@ def _no_nudge(settings):
 
 
 def _ids():
-    return list(Message.objects.order_by("id").values_list("id", flat=True))
+    return list(OutboxMessage.objects.order_by("id").values_list("id", flat=True))
 
 
 def _stored(message_id):
-    return Message.objects.filter(id=message_id).values().get()
+    return OutboxMessage.objects.filter(id=message_id).values().get()
 
 
 def _prepared_statements():
@@ -105,7 +105,7 @@ def test_a_held_row_is_visible_to_the_next_query_of_its_transaction():
     with transaction.atomic():
         sent = publish("t", {"n": 1})
         assert connection.execute_wrappers, "the row is held until the next round trip"
-        assert Message.objects.filter(id=sent.id).exists()
+        assert OutboxMessage.objects.filter(id=sent.id).exists()
         assert not connection.execute_wrappers, "the hook removes itself once the row is sent"
     assert _ids() == [sent.id]
 
@@ -114,7 +114,7 @@ def test_rows_published_last_commit_with_the_transaction_and_in_order():
     with transaction.atomic():
         Order.objects.create(customer="c", amount=1)
         sent = [publish("t", {"n": n}, headers={"n": str(n)}) for n in range(50)]
-    stored = list(Message.objects.order_by("id").values_list("id", "payload", "headers"))
+    stored = list(OutboxMessage.objects.order_by("id").values_list("id", "payload", "headers"))
     assert stored == [(m.id, {"n": n}, {"n": str(n)}) for n, m in enumerate(sent)]
 
 
@@ -122,7 +122,7 @@ def test_a_rolled_back_transaction_leaves_no_held_row_behind():
     with pytest.raises(Boom), transaction.atomic():
         publish("t", {"n": 1})
         raise Boom
-    assert not Message.objects.exists(), "a query after the rollback sends nothing"
+    assert not OutboxMessage.objects.exists(), "a query after the rollback sends nothing"
     with pytest.raises(Boom), transaction.atomic():
         publish("t", {"n": 2})
         raise Boom

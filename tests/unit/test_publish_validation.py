@@ -8,6 +8,7 @@ import uuid
 import pytest
 from django.db import transaction
 
+from inbox_outbox.cloudevents import Outgoing, amqp_properties, encode
 from outbox import (
     NotInTransaction,
     OutboxError,
@@ -15,8 +16,7 @@ from outbox import (
     PublishError,
     publish,
 )
-from outbox.cloudevents import Outgoing, amqp_properties, encode
-from outbox.models import Message
+from outbox.models import OutboxMessage
 from project.shop.models import Order
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def test_bad_arguments_raise_a_publish_error_and_write_nothing(kwargs, message):
     with pytest.raises(PublishError, match=message):
         publish(**kwargs)
-    assert not Message.objects.exists()
+    assert not OutboxMessage.objects.exists()
 
 
 def test_an_oversized_payload_names_the_limit_and_the_fix(settings):
@@ -54,7 +54,7 @@ def test_require_atomic_refuses_a_publish_outside_a_transaction(settings):
         publish("t", {})
     with transaction.atomic():
         publish("t", {})
-    assert Message.objects.count() == 1
+    assert OutboxMessage.objects.count() == 1
 
 
 def test_the_caller_may_still_commit_its_business_rows_after_a_refused_publish():
@@ -62,20 +62,20 @@ def test_the_caller_may_still_commit_its_business_rows_after_a_refused_publish()
         Order.objects.create(customer="c", amount=1)
         with pytest.raises(PublishError):
             publish("t", {"x": object()})
-    assert Order.objects.count() == 1 and not Message.objects.exists()
+    assert Order.objects.count() == 1 and not OutboxMessage.objects.exists()
 
 
 def test_a_rolled_back_transaction_leaves_no_message():
     with pytest.raises(RuntimeError), transaction.atomic():
         publish("t", {})
         raise RuntimeError
-    assert not Message.objects.exists()
+    assert not OutboxMessage.objects.exists()
 
 
 def test_payloads_with_dates_decimals_and_uuids_are_accepted():
     value = {"at": dt.date(2026, 1, 2), "amount": decimal.Decimal("9.99"), "id": uuid.UUID(int=1)}
     message = publish("t", value)
-    assert Message.objects.get(id=message.id).payload == {
+    assert OutboxMessage.objects.get(id=message.id).payload == {
         "at": "2026-01-02",
         "amount": "9.99",
         "id": "00000000-0000-0000-0000-000000000001",
@@ -85,7 +85,7 @@ def test_payloads_with_dates_decimals_and_uuids_are_accepted():
 def test_a_second_publish_with_the_same_dedup_key_returns_the_first_message():
     first = publish("t", {"n": 1}, dedup_key="order-1-paid")
     second = publish("t", {"n": 2}, dedup_key="order-1-paid")
-    assert second.id == first.id and Message.objects.count() == 1
+    assert second.id == first.id and OutboxMessage.objects.count() == 1
 
 
 def test_sequences_count_per_topic_and_key_in_commit_order():
@@ -100,7 +100,7 @@ def test_sequences_count_per_topic_and_key_in_commit_order():
 def test_the_message_id_is_time_ordered_and_never_changes():
     first, second = publish("t", {}), publish("t", {})
     assert first.id.version == 7 and first.id < second.id
-    stored = Message.objects.get(id=first.id)
+    stored = OutboxMessage.objects.get(id=first.id)
     assert stored.id == first.id and stored.created_at == first.created_at
 
 

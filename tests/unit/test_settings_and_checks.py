@@ -4,8 +4,9 @@ import re
 
 import pytest
 
-from outbox.checks import check_settings
-from outbox.conf import get_settings
+from inbox_outbox.checks import check_settings
+from inbox_outbox.conf import get_settings
+from inbox_outbox.exceptions import ConfigurationError
 
 pytestmark = pytest.mark.django_db
 
@@ -54,10 +55,8 @@ def test_a_bad_value_is_an_error_with_a_hint(settings, override, error):
 
 
 def test_a_setting_that_is_not_a_dict_is_an_error_that_shows_the_fix(settings):
-    from outbox import OutboxConfigurationError
-
     settings.INBOX_OUTBOX = ["SERVICE", "billing"]
-    with pytest.raises(OutboxConfigurationError, match=re.escape('INBOX_OUTBOX = {"SERVICE"')):
+    with pytest.raises(ConfigurationError, match=re.escape('INBOX_OUTBOX = {"SERVICE"')):
         get_settings()
     [error] = check_settings()
     assert error.id == "inbox_outbox.E000"

@@ -6,8 +6,8 @@ from django.core.management.base import BaseCommand
 
 from inbox import operations
 from inbox.models import InboxMessage, Status
-from outbox.commandkit import add_purge_arguments, check_purge_arguments
-from outbox.conf import get_settings
+from inbox_outbox.commandkit import add_purge_arguments, check_purge_arguments
+from inbox_outbox.conf import get_settings
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand
 
 from inbox import operations
 from inbox.models import InboxMessage, Status
-from outbox.commandkit import add_selection_arguments, select
+from inbox_outbox.commandkit import add_selection_arguments, select
 
 
 class Command(BaseCommand):

@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from inbox import operations
-from outbox.commandkit import write_status
+from inbox_outbox.commandkit import write_status
 
 
 class Command(BaseCommand):

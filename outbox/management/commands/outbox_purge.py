@@ -4,9 +4,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from inbox_outbox.commandkit import add_purge_arguments, check_purge_arguments
 from outbox import operations
-from outbox.commandkit import add_purge_arguments, check_purge_arguments
-from outbox.models import Message, Status
+from outbox.models import OutboxMessage, Status
 
 
 class Command(BaseCommand):
@@ -27,7 +27,7 @@ class Command(BaseCommand):
         cutoff = check_purge_arguments(options)
         statuses = [*operations.PURGEABLE, *([Status.DEAD] if options["include_dead"] else [])]
         outcome = operations.purge(
-            Message.objects.filter(created_at__lt=cutoff),
+            OutboxMessage.objects.filter(created_at__lt=cutoff),
             statuses=statuses,
             batch_size=options["batch_size"],
             dry_run=options["dry_run"],

@@ -4,9 +4,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from inbox_outbox.commandkit import add_selection_arguments, select
 from outbox import operations
-from outbox.commandkit import add_selection_arguments, select
-from outbox.models import Message, Status
+from outbox.models import OutboxMessage, Status
 
 
 class Command(BaseCommand):
@@ -17,7 +17,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         queryset = select(
-            Message.objects.all(),
+            OutboxMessage.objects.all(),
             options,
             id_field="id",
             time_field="created_at",

@@ -4,8 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from inbox_outbox.commandkit import write_status
 from outbox import operations
-from outbox.commandkit import write_status
 
 
 class Command(BaseCommand):

@@ -15,9 +15,9 @@ from django.db import transaction
 
 from inbox.consumer import QueueConsumer
 from inbox.models import InboxMessage
+from inbox_outbox.conf import broker_url
 from outbox import publish
-from outbox.conf import broker_url
-from outbox.models import Message
+from outbox.models import OutboxMessage
 from outbox.relay import Relay
 from project.shop.models import Order, Shipment
 
@@ -59,7 +59,7 @@ class Command(BaseCommand):
                 raise Rollback
         except Rollback:
             pass
-        pending = Message.objects.unsent().count()
+        pending = OutboxMessage.objects.unsent().count()
         out(f"   outbox: {pending} pending row(s) (the rolled-back order published nothing)")
 
         out("\n2. The relay publishes them to the broker and marks them sent:")
@@ -75,9 +75,11 @@ class Command(BaseCommand):
 
         out("\n4. The broker delivers every message again (at-least-once):")
         ids = list(
-            Message.objects.sent().filter(payload__order_id__in=placed).values_list("id", flat=True)
+            OutboxMessage.objects.sent()
+            .filter(payload__order_id__in=placed)
+            .values_list("id", flat=True)
         )
-        Message.objects.filter(id__in=ids).update(status="pending")
+        OutboxMessage.objects.filter(id__in=ids).update(status="pending")
         relay = Relay()
         relay.drain()
         relay.close()

@@ -21,7 +21,9 @@ import amqp
 import kombu
 from django.utils import timezone
 
-from .cloudevents import Outgoing, amqp_properties, encode
+from inbox_outbox.broker import has_confirms
+from inbox_outbox.cloudevents import Outgoing, amqp_properties, encode
+
 from .exceptions import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
@@ -257,7 +259,6 @@ class KombuPublisher(Publisher):
 
 def make_publisher(url: str, *, exchange: str, source: str, confirm_timeout: float) -> Publisher:
     """The best publisher for ``url``'s transport."""
-    transport = kombu.Connection(url).transport_cls
-    if transport in ("amqp", "pyamqp", "amqps"):
+    if has_confirms(url):
         return AmqpPublisher(url, exchange=exchange, source=source, confirm_timeout=confirm_timeout)
     return KombuPublisher(url, exchange=exchange, source=source)

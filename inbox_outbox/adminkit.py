@@ -1,7 +1,7 @@
 """Admin pieces both apps use: counts that stay cheap on tables of millions of rows, distinct
 values by index skip-scan, pretty JSON, read-only views, action reports.
 
-Pure helpers with no models, so the inbox app can use them without the outbox installed.
+Pure helpers with no models of their own: each app's admin builds on them.
 """
 
 from __future__ import annotations
@@ -190,15 +190,18 @@ def report(
     )
 
 
-class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class MessageAdminBase(ReadOnlyMixin, admin.ModelAdmin):
     """What both apps' message admins share: no full count on any page, exact indexed
     search, counts per status above the list, pretty JSON, and the replay and purge
     actions behind the model's own ``replay_…`` and ``purge_…`` permissions.
 
-    Subclasses set ``status_enum`` and the actions ``replay``, ``mark_dead``, ``purge``.
+    Subclasses set ``status_enum``, the two permission codenames, and the actions
+    ``replay``, ``mark_dead``, ``purge``.
     """
 
     status_enum: Any
+    replay_codename: str
+    purge_codename: str
     paginator = CappedCountPaginator
     show_full_result_count = False
     show_facets = getattr(admin, "ShowFacets", None) and admin.ShowFacets.NEVER  # counts scan
@@ -231,7 +234,7 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
         return super().changelist_view(request, {**(extra_context or {}), "status_counts": counts})
 
     def has_replay_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(f"{self.opts.app_label}.replay_{self.opts.model_name}")
+        return request.user.has_perm(f"{self.opts.app_label}.{self.replay_codename}")
 
     def has_purge_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(f"{self.opts.app_label}.purge_{self.opts.model_name}")
+        return request.user.has_perm(f"{self.opts.app_label}.{self.purge_codename}")

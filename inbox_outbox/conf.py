@@ -1,0 +1,377 @@
+"""The library's settings: one ``INBOX_OUTBOX`` dict, read at call time, validated once.
+
+Both apps read the same dict so that the service name, broker and exchange are configured
+once. Values are resolved lazily and cached until Django's ``setting_changed`` signal fires,
+so ``override_settings`` works in tests.
+
+Every key has one rule (:data:`RULES`). The system checks report each broken rule with its
+fix (:func:`problems`); code that reads the settings at run time gets a
+:class:`~inbox_outbox.exceptions.ConfigurationError` instead of a wrong value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from .exceptions import ConfigurationError
+
+SETTING_NAME = "INBOX_OUTBOX"
+
+UNROUTABLE_POLICIES = ("retry", "dead", "ignore")
+UNKNOWN_TOPIC_POLICIES = ("reject", "ignore")
+
+#: ``<SERVICE>:<handler name>`` must fit the inbox's 200-character consumer column, and the
+#: service is also a queue name and the CloudEvents ``source``.
+SERVICE_MAX_LENGTH = 100
+SERVICE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: AMQP short strings (exchange and queue names, routing keys) are at most 255 bytes.
+AMQP_NAME_MAX_BYTES = 255
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Typed view of ``settings.INBOX_OUTBOX``; field names are the dict keys, lower-cased."""
+
+    # Shared by both apps.
+    service: str = ""
+    broker_url: str | None = None
+    exchange: str = "events"
+
+    # Outbox: publishing.
+    require_atomic: bool = False
+    max_payload_bytes: int = 256 * 1024
+    nudge: bool = True
+    nudge_interval: float = 0.005
+    prepare_statements: bool | None = None
+    defer_inserts: bool = True
+
+    # Outbox: relay.
+    relay_batch_size: int = 500
+    relay_confirm_timeout: float = 30.0
+    relay_lease_seconds: float = 60.0
+    relay_poll_interval: float = 1.0
+    relay_max_attempts: int = 12
+    relay_backoff_base: float = 2.0
+    relay_backoff_max: float = 3600.0
+    unroutable: str = "retry"
+
+    # Inbox: consuming.
+    queue_prefix: str = ""
+    consume_in_worker: bool = True
+    prefetch_count: int = 100
+    inbox_batch_size: int = 50
+    inbox_batch_delay: float = 0.0
+    max_body_bytes: int = 1024 * 1024
+    unknown_topic: str = "reject"
+    inbox_max_attempts: int = 8
+    inbox_backoff_base: float = 2.0
+    inbox_backoff_max: float = 3600.0
+    order_wait_seconds: float = 300.0
+    inbox_sweep_interval: float = 2.0
+    dedup_window_days: float = 30.0
+
+    # Retention (both apps): None disables the periodic purge.
+    retention_days: float | None = None
+
+    @property
+    def queue_name(self) -> str:
+        """The service's queue: every worker of one service shares it (a consumer group)."""
+        return f"{self.queue_prefix}{self.service}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One broken rule: which key, what is wrong, how to fix it, and the check's id."""
+
+    key: str
+    message: str
+    hint: str
+    id: str
+
+
+#: A rule returns what is wrong with a value (``None`` when it is fine) and the check id.
+Rule = tuple[Callable[[Any], str | None], str]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_int(limit: int | None = None) -> Callable[[Any], str | None]:
+    def rule(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"must be a positive integer, got {value!r}"
+        if limit is not None and value > limit:
+            return f"must be at most {limit}, got {value!r}"
+        return None
+
+    return rule
+
+
+def _seconds(*, zero: bool = False) -> Callable[[Any], str | None]:
+    def rule(value: Any) -> str | None:
+        if not _is_number(value) or value < 0 or (value == 0 and not zero):
+            wanted = "a number ≥ 0" if zero else "a positive number"
+            return f"must be {wanted} (int or float, not a string), got {value!r}"
+        return None
+
+    return rule
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"must be True or False, got {value!r}"
+
+
+def _optional_boolean(value: Any) -> str | None:
+    return (
+        None
+        if value is None or isinstance(value, bool)
+        else f"must be None, True or False, got {value!r}"
+    )
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def rule(value: Any) -> str | None:
+        return None if value in options else f"is {value!r}; use one of {', '.join(options)}"
+
+    return rule
+
+
+def _service(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return f"must be a non-empty string naming this service, got {value!r}"
+    if len(value) > SERVICE_MAX_LENGTH or not SERVICE_PATTERN.match(value):
+        return (
+            f"must be at most {SERVICE_MAX_LENGTH} letters, digits and . _ - (starting with a "
+            f"letter or digit), got {value!r}"
+        )
+    return None
+
+
+def _amqp_name(*, empty: bool) -> Callable[[Any], str | None]:
+    def rule(value: Any) -> str | None:
+        if not isinstance(value, str) or (not value and not empty):
+            return f"must be a {'' if empty else 'non-empty '}string, got {value!r}"
+        if len(value.encode()) > AMQP_NAME_MAX_BYTES or "\x00" in value:
+            return f"must be at most {AMQP_NAME_MAX_BYTES} bytes of UTF-8 without NUL"
+        return None
+
+    return rule
+
+
+def _broker_url(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value.strip()):
+        return None
+    return f"must be a broker URL string (or None to use Celery's), got {value!r}"
+
+
+def _retention(value: Any) -> str | None:
+    if value is None:
+        return None
+    return _seconds()(value) and f"must be None or a positive number of days, got {value!r}"
+
+
+_INTEGER, _NUMBER, _BOOLEAN = "inbox_outbox.E004", "inbox_outbox.E008", "inbox_outbox.E009"
+
+RULES: dict[str, Rule] = {
+    "service": (_service, "inbox_outbox.E003"),
+    "broker_url": (_broker_url, "inbox_outbox.E012"),
+    "exchange": (_amqp_name(empty=False), "inbox_outbox.E014"),
+    "require_atomic": (_boolean, _BOOLEAN),
+    "max_payload_bytes": (_positive_int(), _INTEGER),
+    "nudge": (_boolean, _BOOLEAN),
+    "nudge_interval": (_seconds(zero=True), _NUMBER),
+    "prepare_statements": (_optional_boolean, "inbox_outbox.E006"),
+    "defer_inserts": (_boolean, "inbox_outbox.E007"),
+    "relay_batch_size": (_positive_int(10_000), _INTEGER),
+    "relay_confirm_timeout": (_seconds(), _NUMBER),
+    "relay_lease_seconds": (_seconds(), _NUMBER),
+    "relay_poll_interval": (_seconds(), _NUMBER),
+    "relay_max_attempts": (_positive_int(), _INTEGER),
+    "relay_backoff_base": (_seconds(), _NUMBER),
+    "relay_backoff_max": (_seconds(), _NUMBER),
+    "unroutable": (_choice(UNROUTABLE_POLICIES), "inbox_outbox.E001"),
+    "queue_prefix": (_amqp_name(empty=True), "inbox_outbox.E014"),
+    "consume_in_worker": (_boolean, _BOOLEAN),
+    # AMQP's prefetch count is a 16-bit field.
+    "prefetch_count": (_positive_int(65_535), _INTEGER),
+    "inbox_batch_size": (_positive_int(10_000), _INTEGER),
+    "inbox_batch_delay": (_seconds(zero=True), _NUMBER),
+    "max_body_bytes": (_positive_int(), _INTEGER),
+    "unknown_topic": (_choice(UNKNOWN_TOPIC_POLICIES), "inbox_outbox.E002"),
+    "inbox_max_attempts": (_positive_int(), _INTEGER),
+    "inbox_backoff_base": (_seconds(), _NUMBER),
+    "inbox_backoff_max": (_seconds(), _NUMBER),
+    "order_wait_seconds": (_seconds(zero=True), _NUMBER),
+    "inbox_sweep_interval": (_seconds(zero=True), _NUMBER),
+    "dedup_window_days": (_seconds(zero=True), _NUMBER),
+    "retention_days": (_retention, _NUMBER),
+}
+
+_HINTS = {
+    "service": 'Name the service, e.g. INBOX_OUTBOX = {"SERVICE": "billing"}: it becomes the '
+    "CloudEvents source, the queue name and the prefix of every consumer. Two services left "
+    "on one name would share a queue and each other's dedup records.",
+    "broker_url": "Give an AMQP URL such as amqp://user:password@rabbitmq:5672//, or remove "
+    "the key to use CELERY_BROKER_URL.",
+}
+_DEFAULT_HINT = "Remove the key to use the default ({default!r}), or see docs/settings.md."
+
+assert set(RULES) == {f.name for f in dataclasses.fields(Settings)}, "every setting has a rule"
+
+
+def _user_dict() -> Any:
+    return getattr(settings, SETTING_NAME, None) or {}
+
+
+def _not_a_dict(user: Any) -> Problem:
+    return Problem(
+        SETTING_NAME,
+        f"settings.{SETTING_NAME} must be a dict, got {type(user).__name__}",
+        f'Write {SETTING_NAME} = {{"SERVICE": "your-service", ...}}.',
+        "inbox_outbox.E000",
+    )
+
+
+def problems() -> list[Problem]:
+    """Every value of ``INBOX_OUTBOX`` that breaks its rule (for the system checks)."""
+    user = _user_dict()
+    if not isinstance(user, dict):
+        return [_not_a_dict(user)]
+    defaults = Settings()
+    found = []
+    for name, (rule, check_id) in RULES.items():
+        value = _lookup(user, name, getattr(defaults, name))
+        wrong = rule(value)
+        if wrong:
+            hint = _HINTS.get(name) or _DEFAULT_HINT.format(default=getattr(defaults, name))
+            found.append(
+                Problem(name.upper(), f'{SETTING_NAME}["{name.upper()}"] {wrong}.', hint, check_id)
+            )
+    if not found:
+        found += _relations(_build(user))
+    return found
+
+
+def _relations(conf: Settings) -> list[Problem]:
+    """Rules between two settings (each value already valid on its own)."""
+    found = []
+    if conf.relay_confirm_timeout >= conf.relay_lease_seconds:
+        found.append(
+            Problem(
+                "RELAY_CONFIRM_TIMEOUT",
+                f'{SETTING_NAME}["RELAY_CONFIRM_TIMEOUT"] must be shorter than '
+                '"RELAY_LEASE_SECONDS".',
+                "Otherwise a slow batch's lease expires and another relay sends it again.",
+                "inbox_outbox.E005",
+            )
+        )
+    for side in ("relay", "inbox"):
+        base, cap = getattr(conf, f"{side}_backoff_base"), getattr(conf, f"{side}_backoff_max")
+        if base > cap:
+            found.append(
+                Problem(
+                    f"{side.upper()}_BACKOFF_BASE",
+                    f'{SETTING_NAME}["{side.upper()}_BACKOFF_BASE"] ({base}) is larger than '
+                    f'"{side.upper()}_BACKOFF_MAX" ({cap}).',
+                    "The first retry would wait longer than the longest allowed wait.",
+                    _NUMBER,
+                )
+            )
+    return found
+
+
+def _lookup(user: dict[str, Any], name: str, default: Any) -> Any:
+    for key, value in user.items():
+        if isinstance(key, str) and key.lower() == name:
+            return value
+    return default
+
+
+def _build(user: dict[str, Any]) -> Settings:
+    known = {f.name for f in dataclasses.fields(Settings)}
+    values = {
+        key.lower(): value
+        for key, value in user.items()
+        # Unknown keys are reported by the system check; ignored here.
+        if isinstance(key, str) and key.lower() in known
+    }
+    return Settings(**values)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Return the resolved settings (cached until a setting changes).
+
+    Raises :class:`ConfigurationError` naming every broken rule: the system checks report
+    the same problems at start-up, one by one with their hints.
+    """
+    found = problems()
+    if found:
+        raise ConfigurationError(
+            "INBOX_OUTBOX is not usable: "
+            + " ".join(f"{p.message} {p.hint}" for p in found)
+            + " (manage.py check lists each problem)"
+        )
+    return _build(_user_dict())
+
+
+def unknown_keys() -> list[str]:
+    """Keys of ``INBOX_OUTBOX`` that the library does not know (for the system check)."""
+    user = _user_dict()
+    if not isinstance(user, dict):
+        return []
+    return sorted(str(k) for k in user if not isinstance(k, str) or k.lower() not in RULES)
+
+
+def broker_url_source() -> tuple[str | None, str]:
+    """The broker URL the user configured and where it was found, or ``(None, why not)``.
+
+    In order: ``INBOX_OUTBOX["BROKER_URL"]``, Django's ``CELERY_BROKER_URL`` setting, then the
+    broker of the project's Celery app (which also reads the ``CELERY_BROKER_URL`` environment
+    variable). Never a default: a relay publishing to a broker the user did not name would
+    look healthy while every message went elsewhere.
+    """
+    configured = (
+        _lookup(_user_dict(), "broker_url", None) if isinstance(_user_dict(), dict) else None
+    )
+    if isinstance(configured, str) and configured.strip():
+        return configured, f'{SETTING_NAME}["BROKER_URL"]'
+    celery_setting = getattr(settings, "CELERY_BROKER_URL", None)
+    if isinstance(celery_setting, str) and celery_setting.strip():
+        return celery_setting, "settings.CELERY_BROKER_URL"
+    from celery import current_app
+
+    app_url = current_app.conf.broker_url
+    if isinstance(app_url, str) and app_url.strip():
+        return app_url, f"the Celery app {current_app.main or '(default)'!r}"
+    return None, (
+        f'no broker is configured: neither {SETTING_NAME}["BROKER_URL"], nor the '
+        "CELERY_BROKER_URL setting, nor a Celery app with broker_url"
+    )
+
+
+def broker_url() -> str:
+    """The broker to publish to and consume from (see :func:`broker_url_source`)."""
+    url, where = broker_url_source()
+    if url is None:
+        raise ConfigurationError(
+            f"{where}. Set {SETTING_NAME}['BROKER_URL'] (or CELERY_BROKER_URL) to your "
+            "broker, e.g. amqp://guest:guest@localhost:5672//."
+        )
+    return url
+
+
+@receiver(setting_changed)
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING_NAME:
+        get_settings.cache_clear()
