@@ -5,6 +5,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY outbox ./outbox
 COPY inbox ./inbox
+COPY inbox_outbox ./inbox_outbox
 RUN pip install --no-cache-dir ".[example]"
 COPY . .
 EXPOSE 8000
