@@ -101,6 +101,17 @@ def _lock_progress(alias: str, consumer: str, topic: str, key: str) -> int:
         return int(cursor.fetchone()[0])
 
 
+def _lock_progress_rows(alias: str, streams: list[tuple[str, str, str]]) -> None:
+    """Lock the progress rows of ``streams`` (consumer, topic, key) in the order given."""
+    if not streams:
+        return
+    connection = connections[alias]
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    params = [value for stream in streams for value in (*stream, now)]
+    with connection.cursor() as cursor:
+        cursor.execute(sql.lock_progress_rows(len(streams)), params)
+
+
 def _advance(alias: str, consumer: str, topic: str, key: str, sequence: int) -> None:
     KeyProgress.objects.using(alias).filter(
         consumer=consumer, topic=topic, key=key, last_sequence__lt=sequence
@@ -287,6 +298,7 @@ def process_batch(
     drains: dict[tuple[str, str, str], Handler] = {}
     try:
         with transaction.atomic(using=alias):
+            parsed = []
             for body, properties, headers in deliveries:
                 raw = body.encode() if isinstance(body, str) else bytes(body)
                 try:
@@ -296,6 +308,20 @@ def process_batch(
                 handlers = registry.for_topic(env.topic)
                 if not handlers:
                     raise _NotBatchable
+                parsed.append((env, raw, handlers))
+            # Two batches sharing keys lock them in one order, so they never deadlock.
+            _lock_progress_rows(
+                alias,
+                sorted(
+                    {
+                        (h.consumer, env.topic, env.key)
+                        for env, _, handlers in parsed
+                        if env.key is not None and env.sequence is not None
+                        for h in handlers
+                    }
+                ),
+            )
+            for env, raw, handlers in parsed:
                 for handler in handlers:
                     outcome = _handle_in_transaction(alias, handler, env, raw)
                     if outcome in _DRAIN_AFTER and _is_keyed(env.topic, env.key, env.sequence):

@@ -49,3 +49,15 @@ LOCK_PROGRESS = (
     "VALUES (%s, %s, %s, 0, %s) ON CONFLICT (consumer, topic, key) "
     "DO UPDATE SET updated_at = excluded.updated_at RETURNING last_sequence"
 )
+
+
+@functools.cache
+def lock_progress_rows(count: int) -> str:
+    """Lock ``count`` progress rows at once, in the order of the parameters (a multi-row
+    insert takes its rows' locks in ``VALUES`` order)."""
+    values = ", ".join(["(%s, %s, %s, 0, %s)"] * count)
+    return (
+        f"INSERT INTO {PROGRESS_TABLE} (consumer, topic, key, last_sequence, updated_at) "
+        f"VALUES {values} ON CONFLICT (consumer, topic, key) "
+        "DO UPDATE SET updated_at = excluded.updated_at"
+    )
