@@ -415,6 +415,10 @@ def _run_stored(alias: str, handler: Handler, row: InboxMessage) -> Outcome:
     return Outcome.DONE
 
 
+#: Waiting rows one drain hands on before it returns (see :func:`drain_key`).
+DRAIN_STEP = 100
+
+
 def drain_key(
     handler: Handler,
     topic: str,
@@ -423,7 +427,9 @@ def drain_key(
     using: str | None = None,
     force_after: float | None = None,
 ) -> int:
-    """Handle the waiting messages of one key that are now next in sequence.
+    """Handle the waiting messages of one key that are now next in sequence, at most
+    :data:`DRAIN_STEP` of them: the worker's consumer thread must get back to its broker
+    connection, and the rest are handed on by the next sweep (``INBOX_SWEEP_INTERVAL``).
 
     With ``force_after``, a waiting head older than that many seconds is handled
     even though its predecessor never arrived (it expired, died upstream, or was
@@ -432,7 +438,7 @@ def drain_key(
     alias = _alias(using)
     consumer = handler.consumer
     settled = 0
-    while True:
+    while settled < DRAIN_STEP:
         with transaction.atomic(using=alias):
             last = _lock_progress(alias, consumer, topic, key)
             row = (
@@ -461,6 +467,7 @@ def drain_key(
         settled += 1
         if outcome not in (Outcome.DONE, Outcome.DEAD):
             return settled
+    return settled
 
 
 def retry_due(*, using: str | None = None, limit: int = 500) -> int:
