@@ -34,6 +34,7 @@ from inbox_outbox.conf import broker_url, get_settings
 
 from . import sql
 from .exceptions import BrokerUnavailable
+from .lease import LeaseKeeper
 from .models import UNSENT, OutboxMessage, Status
 from .publisher import BatchResult, Publisher, make_publisher
 
@@ -102,6 +103,12 @@ class Relay:
         )
         self.stats: dict[str, int] = defaultdict(int)
         self._in_flight: list[Outgoing] | None = None
+        self.keeper = LeaseKeeper(
+            using=self.using,
+            owner=self.owner,
+            lease_seconds=conf.relay_lease_seconds,
+            stall_after=conf.relay_confirm_timeout + conf.relay_lease_seconds,
+        )
 
     # -- one batch -----------------------------------------------------------------
     def run_once(self) -> int:
@@ -113,6 +120,7 @@ class Relay:
         failed, dead or expired); :attr:`busy` tells whether a batch is still in flight.
         """
         batch, expired = self._claim()
+        self.keeper.keep(m.id for m in [*(self._in_flight or []), *batch])
         if expired:
             self._messages(expired).update(
                 status=Status.EXPIRED,
@@ -129,6 +137,8 @@ class Relay:
         except BrokerUnavailable:
             self._release(batch)
             raise
+        finally:
+            self.keeper.keep(m.id for m in self._in_flight or [])
         return settled
 
     @property
@@ -160,6 +170,7 @@ class Relay:
         except BrokerUnavailable as exc:
             logger.warning("outbox relay: in-flight batch left for the next relay: %s", exc)
         finally:
+            self.keeper.stop()
             self.publisher.close()
 
     def _messages(self, ids: list[uuid.UUID]):  # type: ignore[no-untyped-def]
@@ -334,6 +345,7 @@ class Relay:
                     time.sleep(2 * get_settings().nudge_interval)
         finally:
             total += self._finish()
+            self.keeper.stop()
         return total
 
     def run(self, stop: threading.Event) -> None:

@@ -71,3 +71,9 @@ NEXT_SEQUENCE = (
 
 #: Wait for the relay's nudge (PostgreSQL).
 LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
+
+#: Extend the leases this relay holds on the given rows, on the database's clock.
+RENEW_LEASES = (
+    f"UPDATE {TABLE} SET lease_until = now() + make_interval(secs => %s) "
+    "WHERE id = ANY(%s) AND lease_owner = %s AND status IN ('pending', 'failed')"
+)
