@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -11,6 +9,7 @@ from django.http import HttpRequest
 from inbox_outbox import adminkit
 from inbox_outbox.adminkit import (
     CappedCountPaginator,
+    ModelAdmin,
     ReadOnlyMixin,
     distinct_values,
     pre,
@@ -27,7 +26,9 @@ class ConsumerFilter(admin.SimpleListFilter):
     title = "consumer"
     parameter_name = "consumer"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+    def lookups(
+        self, request: HttpRequest, model_admin: ModelAdmin[InboxMessage]
+    ) -> list[tuple[str, str]]:
         return [(c, c) for c in distinct_values(InboxMessage.objects.all(), "consumer")]
 
     def queryset(
@@ -42,7 +43,9 @@ class TopicFilter(admin.SimpleListFilter):
     title = "topic"
     parameter_name = "topic"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+    def lookups(
+        self, request: HttpRequest, model_admin: ModelAdmin[InboxMessage]
+    ) -> list[tuple[str, str]]:
         return [(t, t) for t in sorted(registry.topics())]
 
     def queryset(
@@ -52,7 +55,7 @@ class TopicFilter(admin.SimpleListFilter):
 
 
 @admin.register(InboxMessage)
-class InboxMessageAdmin(adminkit.MessageAdminBase):
+class InboxMessageAdmin(adminkit.MessageAdminBase[InboxMessage]):
     list_display = (
         "message_id",
         "consumer",
@@ -157,7 +160,7 @@ class InboxMessageAdmin(adminkit.MessageAdminBase):
 
 
 @admin.register(KeyProgress)
-class KeyProgressAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class KeyProgressAdmin(ReadOnlyMixin, ModelAdmin[KeyProgress]):
     list_display = ("consumer", "topic", "key", "last_sequence", "updated_at")
     search_fields = ("key",)
     paginator = CappedCountPaginator

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from django.apps import AppConfig
 from django.core import checks
 from django.db import router
 
@@ -13,12 +15,16 @@ from .models import InboxMessage, KeyProgress
 from .registry import registry
 
 
-def check_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_database(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
     aliases = [router.db_for_write(model) for model in (InboxMessage, KeyProgress)]
     return database_errors(aliases, app="inbox")
 
 
-def check_handlers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_handlers(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
     if registry.all():
         return []
     return [

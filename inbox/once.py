@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar, overload
 
 from django.db import transaction
 
@@ -13,26 +13,42 @@ from inbox_outbox.conf import get_settings
 from .models import Status
 from .processing import _alias, _insert
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@overload
+def exactly_once(
+    func: Callable[P, R], *, key: Callable[..., str] | None = None, using: str | None = None
+) -> Callable[P, R | None]: ...
+
+
+@overload
+def exactly_once(
+    func: None = None, *, key: Callable[..., str] | None = None, using: str | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R | None]]: ...
 
 
 def exactly_once(
-    func: F | None = None, *, key: Callable[..., str] | None = None, using: str | None = None
-) -> Any:
+    func: Callable[P, R] | None = None,
+    *,
+    key: Callable[..., str] | None = None,
+    using: str | None = None,
+) -> Callable[P, R | None] | Callable[[Callable[P, R]], Callable[P, R | None]]:
     """Make a Celery task's effects happen once per task id (or per ``key(*args, **kwargs)``).
 
     The task body runs in a transaction together with an inbox row keyed by
     (``<service>:task:<task name>``, id); a redelivered or re-sent task finds the row
-    and returns ``None`` without running. Put it under ``@shared_task``::
+    and returns ``None`` without running (hence ``R | None``). Put it under ``@shared_task``::
 
         @shared_task(acks_late=True)
         @exactly_once(key=lambda order_id: f"charge-{order_id}")
         def charge(order_id): ...
     """
 
-    def decorate(body: F) -> F:
+    def decorate(body: Callable[P, R]) -> Callable[P, R | None]:
         @functools.wraps(body)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
             from celery import current_task
 
             request = getattr(current_task, "request", None)
@@ -59,6 +75,6 @@ def exactly_once(
                     return None
                 return body(*args, **kwargs)
 
-        return wrapper  # type: ignore[return-value]
+        return wrapper
 
     return decorate(func) if func is not None else decorate

@@ -5,15 +5,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 from inbox_outbox.conf import get_settings
 
 from .exceptions import HandlerRegistrationError
+from .message import Message
 
 _TOPIC = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
-HandlerFunc = Callable[[Any], Any]
+#: A handler receives the message; what it returns is not used.
+HandlerFunc = Callable[[Message], object]
+H = TypeVar("H", bound=HandlerFunc)
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ def _where(func: HandlerFunc) -> str:
 
 def handler(
     *topics: str, name: str | None = None, max_attempts: int | None = None
-) -> Callable[[HandlerFunc], HandlerFunc]:
+) -> Callable[[H], H]:
     """Register a function as the consumer of ``topics``.
 
     The function receives an :class:`inbox.Message` and runs inside the transaction
@@ -89,7 +92,7 @@ def handler(
     if max_attempts is not None and max_attempts < 1:
         raise HandlerRegistrationError(f"max_attempts must be at least 1, got {max_attempts}.")
 
-    def decorate(func: HandlerFunc) -> HandlerFunc:
+    def decorate(func: H) -> H:
         registry.register(Handler(name or _where(func), tuple(topics), func, max_attempts))
         return func
 

@@ -12,17 +12,33 @@ message delivered twice has its effect once, exactly as in production::
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 from uuid6 import uuid7
 
-from inbox_outbox.cloudevents import CONTENT_TYPE, Outgoing, encode
+from inbox_outbox.cloudevents import CONTENT_TYPE, encode
 from inbox_outbox.conf import get_settings
 
 from .processing import Outcome, process_delivery
+
+
+@dataclass(frozen=True)
+class _TestEvent:
+    """A :class:`~inbox_outbox.cloudevents.Event` made by a test: any id, not only a UUID."""
+
+    id: uuid.UUID | str
+    topic: str
+    key: str | None
+    sequence: int | None
+    payload_json: str
+    headers: dict[str, Any]
+    created_at: dt.datetime
 
 
 def deliver(
@@ -36,15 +52,14 @@ def deliver(
     using: str | None = None,
 ) -> dict[str, Outcome]:
     """Deliver one CloudEvents message to this service's handlers; return each consumer's outcome."""
-    message = Outgoing(
-        id=uuid7() if id is None else id,  # type: ignore[arg-type]
+    message = _TestEvent(
+        id=uuid7() if id is None else id,
         topic=topic,
         key=key,
         sequence=sequence,
         payload_json=json.dumps(data, cls=DjangoJSONEncoder),
         headers=dict(headers or {}),
         created_at=timezone.now(),
-        expires_at=None,
     )
     body = encode(message, source=get_settings().service)
     return process_delivery(

@@ -9,7 +9,7 @@ each delivery only after the inbox transaction that holds it commits.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kombu
 from celery import bootsteps
@@ -20,6 +20,11 @@ from .consumer import Receiver, service_queue
 from .processing import retry_due
 from .registry import registry
 
+if TYPE_CHECKING:
+    from celery.worker import WorkController
+    from celery.worker.consumer import Consumer as WorkerConsumer
+    from kombu.transport.base import StdChannel
+
 logger = logging.getLogger(__name__)
 
 
@@ -28,7 +33,7 @@ class InboxConsumerStep(bootsteps.ConsumerStep):
 
     receiver: Receiver | None = None
 
-    def start(self, c: Any) -> None:
+    def start(self, c: WorkerConsumer) -> None:
         # The worker's timer runs in its event loop, so batches flush on the consuming thread.
         self.receiver = Receiver(schedule=lambda delay, fn: c.timer.call_after(delay, fn))
         super().start(c)
@@ -38,7 +43,7 @@ class InboxConsumerStep(bootsteps.ConsumerStep):
             # recovery after a crash does not depend on celery beat being deployed.
             c.timer.call_repeatedly(interval, _sweep)
 
-    def get_consumers(self, channel: Any) -> list[kombu.Consumer]:
+    def get_consumers(self, channel: StdChannel) -> list[kombu.Consumer]:
         if not registry.topics() or self.receiver is None:
             return []
         return [
@@ -50,7 +55,7 @@ class InboxConsumerStep(bootsteps.ConsumerStep):
             )
         ]
 
-    def stop(self, c: Any) -> None:
+    def stop(self, c: WorkerConsumer) -> None:
         if self.receiver is not None:
             self.receiver.flush()
         super().stop(c)
@@ -63,7 +68,9 @@ def _sweep() -> None:
         logger.warning("inbox: retry sweep failed", exc_info=True)
 
 
-def install(sender: Any = None, instance: Any = None, **kwargs: Any) -> None:
+def install(
+    sender: str | None = None, instance: WorkController | None = None, **kwargs: Any
+) -> None:
     """``celeryd_init`` receiver: add the inbox consumer to the starting worker."""
     if not get_settings().consume_in_worker or instance is None:
         return

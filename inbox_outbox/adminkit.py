@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
@@ -24,8 +25,24 @@ from django.utils.text import capfirst
 #: Counts stop here: "10,000+" is as useful to an operator as the exact figure.
 COUNT_CAP = 10_000
 
+M = TypeVar("M", bound=Model)
+#: The periods the admin's date hierarchy asks for (Django's ``datetimes()`` takes more).
+Period = Literal["year", "month", "week", "day", "hour", "minute", "second"]
+_PROBED = ("year", "month", "day")
 
-def capped_count(queryset: QuerySet[Any]) -> int:
+if TYPE_CHECKING:
+    from django.contrib.admin import ModelAdmin as ModelAdmin
+
+    _Paginator = Paginator[Model]
+else:
+    _Paginator = Paginator
+
+    class ModelAdmin(admin.ModelAdmin, Generic[M]):
+        """``admin.ModelAdmin`` that also takes its model as a type argument at run time:
+        django-stubs declares it generic, Django's class is not subscriptable."""
+
+
+def capped_count(queryset: QuerySet[Model]) -> int:
     """``min(count, COUNT_CAP + 1)``, reading at most that many index entries."""
     return queryset.order_by()[: COUNT_CAP + 1].count()
 
@@ -48,12 +65,12 @@ def estimated_rows(model: type[Model], using: str) -> int | None:
     return int(row[0]) if row and row[0] >= 0 else None
 
 
-class CappedCountPaginator(Paginator):
+class CappedCountPaginator(_Paginator):
     """Never counts a whole big table: an unfiltered list uses PostgreSQL's estimate, a
     filtered one counts up to ``COUNT_CAP`` rows."""
 
     @cached_property
-    def count(self) -> int:  # type: ignore[override]
+    def count(self) -> int:
         queryset = self.object_list
         if isinstance(queryset, QuerySet):
             if not queryset.query.where:
@@ -64,7 +81,7 @@ class CappedCountPaginator(Paginator):
         return super().count
 
 
-def distinct_values(queryset: QuerySet[Any], column: str, limit: int = 200) -> list[str]:
+def distinct_values(queryset: QuerySet[Model], column: str, limit: int = 200) -> list[str]:
     """Distinct values of an indexed column: on PostgreSQL one index probe per value
     (a recursive "skip scan") instead of reading every row."""
     model = queryset.model
@@ -82,24 +99,32 @@ def distinct_values(queryset: QuerySet[Any], column: str, limit: int = 200) -> l
         return [row[0] for row in cursor.fetchall()]
 
 
-class PeriodProbingQuerySet(QuerySet[Any]):
+class PeriodProbingQuerySet(QuerySet[M]):
     """For the admin's date hierarchy: ``datetimes()`` without reading every row.
 
     Django's version is ``SELECT DISTINCT date_trunc(…)`` over the whole (filtered) table;
     this one walks the date index: from the first value, it looks up the first value after
     each period, one index probe per period that has rows.
+
+    Both methods return lists, not querysets: the admin only iterates them.
     """
 
-    def datetimes(self, field_name: str, kind: str, order: str = "ASC", tzinfo: Any = None) -> Any:
-        if kind not in ("year", "month", "day"):
-            return super().datetimes(field_name, kind, order, tzinfo)
+    def datetimes(  # type: ignore[override]  # a list where Django returns a QuerySet (see above)
+        self,
+        field_name: str,
+        kind: Period,
+        order: Literal["ASC", "DESC"] = "ASC",
+        tzinfo: dt.tzinfo | None = None,
+    ) -> list[dt.datetime]:
+        if kind not in _PROBED:
+            return list(super().datetimes(field_name, kind, order, tzinfo))
         span = self.aggregate(first=Min(field_name), last=Max(field_name))
         if span["first"] is None:
             return []
         zone = tzinfo or timezone.get_current_timezone()
         last = timezone.localtime(span["last"], zone)
-        found = []
-        moment = span["first"]
+        found: list[dt.datetime] = []
+        moment: dt.datetime | None = span["first"]
         while moment is not None:
             start = _period_start(timezone.localtime(moment, zone), kind)
             found.append(start)
@@ -114,11 +139,16 @@ class PeriodProbingQuerySet(QuerySet[Any]):
                 break
         return found if order == "ASC" else found[::-1]
 
-    def dates(self, field_name: str, kind: str, order: str = "ASC") -> Any:
+    def dates(  # type: ignore[override]  # a list where Django returns a QuerySet (see above)
+        self,
+        field_name: str,
+        kind: Literal["year", "month", "week", "day"],
+        order: Literal["ASC", "DESC"] = "ASC",
+    ) -> list[dt.date]:
         return [d.date() for d in self.datetimes(field_name, kind, order)]
 
 
-def _period_start(moment: Any, kind: str) -> Any:
+def _period_start(moment: dt.datetime, kind: str) -> dt.datetime:
     moment = moment.replace(hour=0, minute=0, second=0, microsecond=0)
     if kind in ("month", "year"):
         moment = moment.replace(day=1)
@@ -127,7 +157,7 @@ def _period_start(moment: Any, kind: str) -> Any:
     return moment
 
 
-def _next_period(start: Any, kind: str) -> Any:
+def _next_period(start: dt.datetime, kind: str) -> dt.datetime:
     if kind == "day":
         following = start.replace(tzinfo=None) + dt.timedelta(days=1)
     elif kind == "month":
@@ -139,13 +169,16 @@ def _next_period(start: Any, kind: str) -> Any:
     return timezone.make_aware(following, start.tzinfo)
 
 
-def for_admin(queryset: QuerySet[Any]) -> QuerySet[Any]:
-    """``queryset`` as a :class:`PeriodProbingQuerySet` (its methods otherwise unchanged)."""
+def for_admin(queryset: QuerySet[M]) -> QuerySet[M]:
+    """A copy of ``queryset`` as a :class:`PeriodProbingQuerySet` (its methods otherwise
+    unchanged, its database routing and hints kept)."""
     probing = type(f"Probing{type(queryset).__name__}", (PeriodProbingQuerySet, type(queryset)), {})
-    return probing(model=queryset.model, query=queryset.query.chain(), using=queryset._db)
+    copy = queryset.all()
+    copy.__class__ = probing
+    return copy
 
 
-def search_exact(queryset: QuerySet[Any], term: str, fields: tuple[str, ...]) -> QuerySet[Any]:
+def search_exact(queryset: QuerySet[M], term: str, fields: tuple[str, ...]) -> QuerySet[M]:
     """Rows whose first matching field (in order) equals ``term``: each field is queried on
     its own so that its index is used; an ``OR`` of them would read the whole table."""
     for field in fields:
@@ -167,18 +200,23 @@ def pre(text: str) -> str:
 class ReadOnlyMixin:
     """Nobody edits a message by hand: views only, changes go through the actions."""
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
 
 def report(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, verb: str, done: int, skipped: int, why: str
+    modeladmin: ModelAdmin[M],
+    request: HttpRequest,
+    verb: str,
+    done: int,
+    skipped: int,
+    why: str,
 ) -> None:
     """Tell the operator what an action did and what it skipped, with plurals."""
     name, plural = modeladmin.model._meta.verbose_name, modeladmin.model._meta.verbose_name_plural
@@ -190,7 +228,27 @@ def report(
     )
 
 
-class MessageAdminBase(ReadOnlyMixin, admin.ModelAdmin):
+class StoredMessage(Protocol):
+    """What the shared admin reads of an outbox or inbox row."""
+
+    @property
+    def payload(self) -> Any: ...
+    @property
+    def headers(self) -> Any: ...
+    @property
+    def last_error(self) -> str: ...
+
+
+class StatusChoice(Protocol):
+    """A member of a model's ``Status`` choices."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def value(self) -> str: ...
+
+
+class MessageAdminBase(ReadOnlyMixin, ModelAdmin[M]):
     """What both apps' message admins share: no full count on any page, exact indexed
     search, counts per status above the list, pretty JSON, and the replay and purge
     actions behind the model's own ``replay_…`` and ``purge_…`` permissions.
@@ -199,32 +257,33 @@ class MessageAdminBase(ReadOnlyMixin, admin.ModelAdmin):
     ``replay``, ``mark_dead``, ``purge``.
     """
 
-    status_enum: Any
+    status_enum: Iterable[StatusChoice]
     replay_codename: str
     purge_codename: str
     paginator = CappedCountPaginator
     show_full_result_count = False
-    show_facets = getattr(admin, "ShowFacets", None) and admin.ShowFacets.NEVER  # counts scan
+    if hasattr(admin, "ShowFacets"):  # Django 5.0+
+        show_facets = admin.ShowFacets.NEVER  # counts scan
     list_per_page = 50
     actions = ("replay", "mark_dead", "purge")
 
     @admin.display(description="payload")
-    def payload_json(self, obj: Any) -> str:
+    def payload_json(self, obj: StoredMessage) -> str:
         return pretty_json(obj.payload)
 
     @admin.display(description="headers")
-    def headers_json(self, obj: Any) -> str:
+    def headers_json(self, obj: StoredMessage) -> str:
         return pretty_json(obj.headers)
 
     @admin.display(description="last error")
-    def error(self, obj: Any) -> str:
+    def error(self, obj: StoredMessage) -> str:
         return pre(obj.last_error)
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+    def get_queryset(self, request: HttpRequest) -> QuerySet[M]:
         return for_admin(super().get_queryset(request))
 
     def changelist_view(
-        self, request: HttpRequest, extra_context: dict | None = None
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         every = self.model._default_manager.all()
         counts = [

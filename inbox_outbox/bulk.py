@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.db import router, transaction
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 
 
-def delete_in_batches(matching: QuerySet[Any], batch_size: int) -> int:
+def delete_in_batches(matching: QuerySet[Model], batch_size: int) -> int:
     """Delete the rows of ``matching`` by primary key, ``batch_size`` per transaction.
 
     Each batch is its own short transaction: no long lock, and memory stays flat

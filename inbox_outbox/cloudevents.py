@@ -12,7 +12,7 @@ import functools
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 CONTENT_TYPE = "application/cloudevents+json"
 SPECVERSION = "1.0"
@@ -20,9 +20,29 @@ SPECVERSION = "1.0"
 EXTENSION_HEADERS = ("traceparent", "tracestate")
 
 
+class Event(Protocol):
+    """What :func:`encode` reads: an :class:`Outgoing` row, or a test's event whose id, like
+    any CloudEvents id, need not be a UUID."""
+
+    @property
+    def id(self) -> uuid.UUID | str: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def key(self) -> str | None: ...
+    @property
+    def sequence(self) -> int | None: ...
+    @property
+    def payload_json(self) -> str: ...
+    @property
+    def headers(self) -> dict[str, Any]: ...
+    @property
+    def created_at(self) -> dt.datetime: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One claimed outbox row, ready to be put on the wire."""
+    """One claimed outbox row, ready to be put on the wire (an :class:`Event`)."""
 
     id: uuid.UUID
     topic: str
@@ -48,7 +68,7 @@ def _middle(source: str, topic: str) -> str:
     return f'","source":{_quote(source)},"type":{_quote(topic)},"time":"'
 
 
-def encode(message: Outgoing, *, source: str) -> bytes:
+def encode(message: Event, *, source: str) -> bytes:
     """Return the structured-mode CloudEvents body for ``message``.
 
     Assembled from pieces rather than by ``json.dumps`` of a dict: the relay calls this for

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from inbox_outbox import adminkit
-from inbox_outbox.adminkit import distinct_values, report, search_exact
+from inbox_outbox.adminkit import ModelAdmin, distinct_values, report, search_exact
 
 from . import operations
 from .models import OutboxMessage, Status
@@ -20,7 +19,9 @@ class TopicFilter(admin.SimpleListFilter):
     title = "topic"
     parameter_name = "topic"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+    def lookups(
+        self, request: HttpRequest, model_admin: ModelAdmin[OutboxMessage]
+    ) -> list[tuple[str, str]]:
         return [(t, t) for t in distinct_values(OutboxMessage.objects.all(), "topic")]
 
     def queryset(
@@ -30,7 +31,7 @@ class TopicFilter(admin.SimpleListFilter):
 
 
 @admin.register(OutboxMessage)
-class OutboxMessageAdmin(adminkit.MessageAdminBase):
+class OutboxMessageAdmin(adminkit.MessageAdminBase[OutboxMessage]):
     list_display = (
         "id",
         "topic",

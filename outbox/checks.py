@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections import abc
 from typing import Any
 
+from django.apps import AppConfig
 from django.core import checks
 from django.db import router
 
@@ -12,7 +14,9 @@ from inbox_outbox.checks import database_errors
 from .models import OutboxMessage, Sequence
 
 
-def check_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_database(
+    app_configs: abc.Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
     aliases = [router.db_for_write(model) for model in (OutboxMessage, Sequence)]
     return database_errors(aliases, app="outbox")
 
