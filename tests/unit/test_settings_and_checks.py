@@ -42,7 +42,6 @@ def test_an_unknown_key_is_a_warning_naming_it(settings):
         ({"SERVICE": ""}, "inbox_outbox.E003"),
         ({"RELAY_BATCH_SIZE": 0}, "inbox_outbox.E004"),
         ({"INBOX_BATCH_SIZE": -1}, "inbox_outbox.E004"),
-        ({"RELAY_CONFIRM_TIMEOUT": 90, "RELAY_LEASE_SECONDS": 60}, "inbox_outbox.E005"),
         ({"PREPARE_STATEMENTS": "yes"}, "inbox_outbox.E006"),
         ({"DEFER_INSERTS": None}, "inbox_outbox.E007"),
     ],
