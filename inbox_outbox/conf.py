@@ -57,7 +57,7 @@ class Settings:
     # Outbox: relay.
     relay_batch_size: int = 500
     relay_confirm_timeout: float = 30.0
-    relay_lease_seconds: float = 10.0
+    relay_lease_seconds: float = 5.0
     relay_poll_interval: float = 1.0
     relay_max_attempts: int = 12
     relay_backoff_base: float = 2.0
