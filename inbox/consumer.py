@@ -73,27 +73,40 @@ class Receiver:
     def flush(self) -> None:
         with self._lock:
             batch, self.pending = self.pending, []
-            if not batch:
-                return
-            deliveries = [(m.body, dict(m.properties), m.headers) for m in batch]
-            try:
-                if len(batch) == 1:
-                    process_delivery(*deliveries[0])
-                else:
-                    process_batch(deliveries)
-            except (DatabaseError, InterfaceError) as exc:
-                # Nothing is durable: hand the deliveries back to the broker and slow down.
-                logger.warning(
-                    "inbox: database unavailable (%s); requeueing %d message(s)", exc, len(batch)
-                )
-                for conn in connections.all(initialized_only=True):
-                    conn.close_if_unusable_or_obsolete()
-                time.sleep(DATABASE_DOWN_PAUSE)
-                for message in batch:
-                    message.requeue()
-                return
-            for message in batch:
+            if batch:
+                self.settle(batch, durable=self.handle(batch))
+
+    def handle(self, batch: list[kombu.Message]) -> bool:
+        """Make ``batch`` durable in the inbox; ``False`` if the database could not take it.
+
+        Thread-safe apart from the broker: it touches no channel, so :class:`~inbox.lanes.Lanes`
+        runs it on handler threads and settles on the consuming thread.
+        """
+        deliveries = [(m.body, dict(m.properties), m.headers) for m in batch]
+        try:
+            if len(batch) == 1:
+                process_delivery(*deliveries[0])
+            else:
+                process_batch(deliveries)
+        except (DatabaseError, InterfaceError) as exc:
+            # Nothing is durable: the deliveries go back to the broker, and we slow down.
+            logger.warning(
+                "inbox: database unavailable (%s); requeueing %d message(s)", exc, len(batch)
+            )
+            for conn in connections.all(initialized_only=True):
+                conn.close_if_unusable_or_obsolete()
+            time.sleep(DATABASE_DOWN_PAUSE)
+            return False
+        return True
+
+    def settle(self, batch: list[kombu.Message], *, durable: bool) -> None:
+        """Acknowledge ``batch`` once durable, else hand it back; on the consuming thread."""
+        for message in batch:
+            if durable:
                 message.ack()
+            else:
+                message.requeue()
+        if durable:
             self.handled += len(batch)
 
 

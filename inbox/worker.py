@@ -17,7 +17,7 @@ from celery import bootsteps
 from inbox_outbox.conf import get_settings
 
 from .consumer import Receiver, service_queue
-from .processing import retry_due
+from .lanes import Lanes, Sweeper
 from .registry import registry
 
 if TYPE_CHECKING:
@@ -29,43 +29,57 @@ logger = logging.getLogger(__name__)
 
 
 class InboxConsumerStep(bootsteps.ConsumerStep):
-    """Consumes the service's queue in the worker's main process."""
+    """Consumes the service's queue on the worker's own broker connection.
+
+    On the worker's event loop (the usual case) handlers run on ``INBOX_CONCURRENCY`` lanes
+    (:mod:`inbox.lanes`) and the retry sweep on a thread of its own, so the loop keeps the
+    connection's heartbeats going however long a handler takes. Without an event loop the
+    receiver handles batches on the consuming thread, flushed by the worker's timer.
+    """
 
     receiver: Receiver | None = None
+    lanes: Lanes | None = None
+    sweeper: Sweeper | None = None
 
     def start(self, c: WorkerConsumer) -> None:
-        # The worker's timer runs in its event loop, so batches flush on the consuming thread.
-        self.receiver = Receiver(schedule=lambda delay, fn: c.timer.call_after(delay, fn))
+        conf = get_settings()
+        hub = getattr(c, "hub", None)
+        if hub is not None:
+            self.lanes = Lanes(hub=hub, count=conf.inbox_concurrency)
+        else:
+            self.receiver = Receiver(schedule=lambda delay, fn: c.timer.call_after(delay, fn))
         super().start(c)
-        interval = get_settings().inbox_sweep_interval
-        if interval and registry.topics():
+        if conf.inbox_sweep_interval and registry.topics() and self.sweeper is None:
             # Every consuming worker retries due failures and unblocks keys itself, so
             # recovery after a crash does not depend on celery beat being deployed.
-            c.timer.call_repeatedly(interval, _sweep)
+            self.sweeper = Sweeper(conf.inbox_sweep_interval)
 
     def get_consumers(self, channel: StdChannel) -> list[kombu.Consumer]:
-        if not registry.topics() or self.receiver is None:
+        on_message = self.lanes or self.receiver
+        if not registry.topics() or on_message is None:
             return []
         return [
             kombu.Consumer(
                 channel,
                 queues=[service_queue()],
-                on_message=self.receiver,
+                on_message=on_message,
                 prefetch_count=get_settings().prefetch_count,
             )
         ]
 
     def stop(self, c: WorkerConsumer) -> None:
+        if self.lanes is not None:
+            self.lanes.stop()
+            self.lanes = None
         if self.receiver is not None:
             self.receiver.flush()
         super().stop(c)
 
-
-def _sweep() -> None:
-    try:
-        retry_due()
-    except Exception:  # a database hiccup: the next sweep tries again
-        logger.warning("inbox: retry sweep failed", exc_info=True)
+    def shutdown(self, c: WorkerConsumer) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
+            self.sweeper = None
+        super().shutdown(c)
 
 
 def install(

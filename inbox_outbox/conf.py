@@ -68,6 +68,7 @@ class Settings:
     queue_prefix: str = ""
     consume_in_worker: bool = True
     prefetch_count: int = 100
+    inbox_concurrency: int = 1
     inbox_batch_size: int = 50
     inbox_batch_delay: float = 0.0
     max_body_bytes: int = 1024 * 1024
@@ -204,6 +205,7 @@ RULES: dict[str, Rule] = {
     "consume_in_worker": (_boolean, _BOOLEAN),
     # AMQP's prefetch count is a 16-bit field.
     "prefetch_count": (_positive_int(65_535), _INTEGER),
+    "inbox_concurrency": (_positive_int(64), _INTEGER),
     "inbox_batch_size": (_positive_int(10_000), _INTEGER),
     "inbox_batch_delay": (_seconds(zero=True), _NUMBER),
     "max_body_bytes": (_positive_int(), _INTEGER),
