@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -130,6 +132,8 @@ def broker_names() -> Iterator[tuple[str, str]]:
         for kind, name in (
             ("queue", service),
             ("queue", f"{service}.probe"),
+            ("queue", f"celery-{service}"),  # the Celery worker's task queue
+            ("exchange", f"celery-{service}"),
             ("exchange", exchange),
         ):
             with contextlib.suppress(*conn.channel_errors):
@@ -234,6 +238,40 @@ def test_the_inbox_alone_installs_and_handles_a_plain_json_delivery(
     ]
     # The broker's copy was acknowledged after the commit: nothing is left to redeliver.
     assert project.step("drain") == {"handled": 0}
+
+
+def test_the_inbox_alone_is_consumed_by_a_real_celery_worker(postgres_database, broker_names):
+    project = Project("inbox_only", postgres_database, *broker_names)
+    project.manage("migrate", "--no-input")
+    project.step("declare")
+    _send_plain_json(project, "standalone.greeted", "plain-worker", {"name": "Lin"})
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            *("-m", "celery", "-A", "tests.standalone.celery_app", "worker", "--pool", "solo"),
+            *("--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"),
+            *("-n", f"{project.service}@%h", "-Q", f"celery-{project.service}"),
+        ],
+        cwd=ROOT,
+        env=project.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and worker.poll() is None:
+            if _query(postgres_database, "SELECT status FROM inbox_message") == [("done",)]:
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        output = worker.communicate(timeout=30)[0]
+    assert _query(postgres_database, "SELECT message_id, name FROM standalone_greeting") == [
+        ("plain-worker", "Lin")
+    ], output
+    assert _query(postgres_database, "SELECT status FROM inbox_message") == [("done",)]
 
 
 def test_both_apps_install_and_a_published_message_reaches_the_handler(
