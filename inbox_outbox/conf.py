@@ -388,7 +388,10 @@ def broker_url_source() -> tuple[str | None, str]:
     configured = (
         _lookup(_user_dict(), "broker_url", None) if isinstance(_user_dict(), dict) else None
     )
-    if isinstance(configured, str) and configured.strip():
+    if configured is not None:
+        wrong = _broker_url(configured)
+        if wrong:  # never fall back past a URL the user wrote but got wrong
+            return None, f'{SETTING_NAME}["BROKER_URL"] {wrong}'
         return configured, f'{SETTING_NAME}["BROKER_URL"]'
     celery_setting = getattr(settings, "CELERY_BROKER_URL", None)
     if isinstance(celery_setting, str) and celery_setting.strip():

@@ -10,8 +10,16 @@ from hypothesis import given
 from hypothesis import settings as settings_profile
 from hypothesis import strategies as st
 
-from inbox_outbox.checks import check_settings, check_time_zone
-from inbox_outbox.conf import RULES, SERVICE_MAX_LENGTH, Settings, get_settings, problems
+from inbox_outbox.checks import check_broker_url, check_settings, check_time_zone
+from inbox_outbox.conf import (
+    RULES,
+    SERVICE_MAX_LENGTH,
+    Settings,
+    broker_url,
+    broker_url_source,
+    get_settings,
+    problems,
+)
 from inbox_outbox.exceptions import ConfigurationError
 
 pytestmark = pytest.mark.django_db
@@ -196,3 +204,37 @@ def test_any_value_of_any_key_is_either_accepted_or_reported_never_a_crash(user)
             assert isinstance(conf, Settings)
             for name, (rule, _) in RULES.items():
                 assert rule(getattr(conf, name)) is None
+
+
+@pytest.mark.parametrize("key", sorted(RULES))
+@settings_profile(max_examples=60, deadline=None, database=None)
+@given(value=_ANY_VALUE)
+def test_any_value_of_each_key_is_either_accepted_or_reported(key, value):
+    with override_settings(INBOX_OUTBOX={"SERVICE": "billing", key.upper(): value}):
+        found = problems()
+        try:
+            conf = get_settings()
+        except ConfigurationError:
+            assert found
+        else:
+            assert found == [] and RULES[key][0](getattr(conf, key)) is None
+
+
+def test_the_broker_url_comes_from_inbox_outbox_then_celery_broker_url(settings):
+    settings.CELERY_BROKER_URL = "amqp://celery-setting//"
+    settings.INBOX_OUTBOX = {"SERVICE": "billing"}
+    assert broker_url_source() == ("amqp://celery-setting//", "settings.CELERY_BROKER_URL")
+    settings.INBOX_OUTBOX = {"SERVICE": "billing", "BROKER_URL": "amqp://ours//"}
+    assert broker_url() == "amqp://ours//"
+    assert check_broker_url() == []
+
+
+@pytest.mark.parametrize("wrong", ["", "  ", 5672, ["amqp://a//"]])
+def test_a_broken_broker_url_setting_is_not_replaced_by_celery_s(settings, wrong):
+    settings.CELERY_BROKER_URL = "amqp://celery-setting//"
+    settings.INBOX_OUTBOX = {"SERVICE": "billing", "BROKER_URL": wrong}
+    with pytest.raises(ConfigurationError, match=re.escape('INBOX_OUTBOX["BROKER_URL"]')):
+        broker_url()
+    assert {"inbox_outbox.E011", "inbox_outbox.E012"} <= set(
+        ids(check_settings() + check_broker_url())
+    )
