@@ -282,7 +282,7 @@ def problems() -> list[Problem]:
     if not isinstance(user, dict):
         return [_not_a_dict(user)]
     defaults = Settings()
-    found = []
+    found = _duplicates(user)
     for name, (rule, check_id) in RULES.items():
         value = _lookup(user, name, getattr(defaults, name))
         wrong = rule(value)
@@ -294,6 +294,26 @@ def problems() -> list[Problem]:
     if not found:
         found += _relations(_build(user))
     return found
+
+
+def _duplicates(user: dict[Any, Any]) -> list[Problem]:
+    """Keys that name one setting in different case: which one wins would be a guess."""
+    spellings: dict[str, list[str]] = {}
+    for key in user:
+        if isinstance(key, str) and key.lower() in RULES:
+            spellings.setdefault(key.lower(), []).append(key)
+    return [
+        Problem(
+            name.upper(),
+            f"{SETTING_NAME} names {name.upper()} {len(keys)} times: "
+            + ", ".join(repr(k) for k in keys)
+            + ".",
+            f'Keep one of them, spelled "{name.upper()}".',
+            "inbox_outbox.E015",
+        )
+        for name, keys in spellings.items()
+        if len(keys) > 1
+    ]
 
 
 def _relations(conf: Settings) -> list[Problem]:

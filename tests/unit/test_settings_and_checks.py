@@ -238,3 +238,11 @@ def test_a_broken_broker_url_setting_is_not_replaced_by_celery_s(settings, wrong
     assert {"inbox_outbox.E011", "inbox_outbox.E012"} <= set(
         ids(check_settings() + check_broker_url())
     )
+
+
+def test_a_key_given_twice_in_different_case_is_an_error_not_a_coin_toss(settings):
+    settings.INBOX_OUTBOX = {"SERVICE": "billing", "service": 5}
+    [error] = check_settings()
+    assert error.id == "inbox_outbox.E015" and "'SERVICE'" in error.msg and "'service'" in error.msg
+    with pytest.raises(ConfigurationError):
+        get_settings()
