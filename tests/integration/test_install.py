@@ -298,11 +298,11 @@ def test_both_apps_install_and_a_published_message_reaches_the_handler(
 _SQLITE = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 
 
-@pytest.mark.parametrize("settings", PROJECTS)
-def test_a_celery_broker_url_setting_without_a_celery_app_is_the_broker_used(settings):
+@pytest.mark.parametrize("name", PROJECTS)
+def test_a_celery_broker_url_setting_without_a_celery_app_is_the_broker_used(name):
     # Not the default localhost URL: the one the user wrote, found with no Celery app module.
     url = "amqp://billing:secret@rabbit.internal:5673/prod"
-    project = Project(settings, _SQLITE, "billing", "events", broker_url=url)
+    project = Project(name, _SQLITE, "billing", "events", broker_url=url)
     assert project.step("broker") == {
         "url": url,
         "where": "settings.CELERY_BROKER_URL",
@@ -311,17 +311,20 @@ def test_a_celery_broker_url_setting_without_a_celery_app_is_the_broker_used(set
     project.manage("check", "--fail-level", "WARNING")
 
 
-@pytest.mark.parametrize("settings", PROJECTS)
-def test_no_broker_anywhere_fails_manage_py_check_with_e011(settings):
-    project = Project(settings, _SQLITE, "billing", "events", broker_url=None)
+@pytest.mark.parametrize("name", PROJECTS)
+def test_no_broker_anywhere_fails_manage_py_check_with_e011(name):
+    project = Project(name, _SQLITE, "billing", "events", broker_url=None)
     done = project.manage("check", ok=False)
     assert done.returncode != 0
     assert "inbox_outbox.E011" in done.stderr and "HINT: Set INBOX_OUTBOX" in done.stderr
+    if name != "inbox_only":  # the relay refuses to start rather than guess a broker
+        relay = project.manage("outbox_relay", "--once", ok=False)
+        assert relay.returncode != 0 and "inbox_outbox.E011" in relay.stderr
 
 
-@pytest.mark.parametrize("settings", PROJECTS)
-def test_use_tz_false_fails_manage_py_check_with_e013(settings):
-    project = Project(settings, _SQLITE, "billing", "events", use_tz=False)
+@pytest.mark.parametrize("name", PROJECTS)
+def test_use_tz_false_fails_manage_py_check_with_e013(name):
+    project = Project(name, _SQLITE, "billing", "events", use_tz=False)
     done = project.manage("check", ok=False)
     assert done.returncode != 0
     assert "inbox_outbox.E013" in done.stderr and "USE_TZ = True" in done.stderr
@@ -386,11 +389,11 @@ def _mariadb_tables(name: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("settings", "apps"),
+    ("name", "apps"),
     [("outbox_only", ["outbox"]), ("inbox_only", ["inbox"]), ("both", ["outbox", "inbox"])],
 )
-def test_mariadb_is_refused_by_check_and_migrate_with_e010(mariadb_database, settings, apps):
-    project = Project(settings, mariadb_database, "billing", "events")
+def test_mariadb_is_refused_by_check_and_migrate_with_e010(mariadb_database, name, apps):
+    project = Project(name, mariadb_database, "billing", "events")
     check = project.manage("check", ok=False)
     assert check.returncode != 0
     for app in apps:
