@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -47,17 +48,21 @@ def statuses(value: str | None, allowed: Iterable[str]) -> list[str] | None:
 
 
 def moment(value: str | None, option: str) -> dt.datetime | None:
+    """``value`` as an aware datetime (an ISO 8601 date or date-time), or a CommandError."""
     if value is None:
         return None
-    parsed = parse_datetime(value)
-    if parsed is None:
-        try:
+    wrong = CommandError(
+        f"{option} must be an ISO 8601 date or date-time such as 2026-01-31 or "
+        f"2026-01-31T12:00:00+00:00, got {value!r}."
+    )
+    try:
+        # parse_datetime raises ValueError for a well-formed impossible time (2026-02-30T10:00).
+        parsed = parse_datetime(value)
+        if parsed is None:
             parsed = dt.datetime.combine(dt.date.fromisoformat(value), dt.time())
-        except ValueError:
-            raise CommandError(
-                f"{option} must be an ISO 8601 date or time, got {value!r}."
-            ) from None
-    return timezone.make_aware(parsed) if timezone.is_naive(parsed) else parsed
+        return timezone.make_aware(parsed) if timezone.is_naive(parsed) else parsed
+    except (ValueError, OverflowError):
+        raise wrong from None
 
 
 def select(
@@ -105,12 +110,20 @@ def select(
     return queryset
 
 
+#: Purge bounds: past 100 years a cutoff is a typo; a batch is one DELETE ... WHERE pk IN (...).
+MAX_AGE_DAYS = 36_600
+MAX_BATCH_SIZE = 100_000
+
+
 def add_purge_arguments(parser: Any) -> None:
     parser.add_argument(
         "--older-than-days", type=float, required=True, help="Only rows older than this many days."
     )
     parser.add_argument(
-        "--batch-size", type=int, default=1000, help="Rows deleted per transaction."
+        "--batch-size",
+        type=int,
+        default=1000,
+        help=f"Rows deleted per transaction (1 to {MAX_BATCH_SIZE}).",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="Count what would go; delete nothing."
@@ -118,11 +131,20 @@ def add_purge_arguments(parser: Any) -> None:
 
 
 def check_purge_arguments(options: dict[str, Any]) -> dt.datetime:
-    if options["older_than_days"] < 0:
-        raise CommandError("--older-than-days must not be negative.")
-    if options["batch_size"] < 1:
-        raise CommandError("--batch-size must be a positive integer.")
-    return timezone.now() - dt.timedelta(days=options["older_than_days"])
+    """Validate ``--older-than-days`` and ``--batch-size``; return the cutoff time."""
+    days = options["older_than_days"]
+    if days < 0:
+        raise CommandError(f"--older-than-days must not be negative, got {days!r}.")
+    if not math.isfinite(days) or days > MAX_AGE_DAYS:
+        raise CommandError(
+            f"--older-than-days must be a finite number of days up to {MAX_AGE_DAYS}, got {days!r}."
+        )
+    if not 1 <= options["batch_size"] <= MAX_BATCH_SIZE:
+        raise CommandError(
+            f"--batch-size must be a positive integer up to {MAX_BATCH_SIZE}, "
+            f"got {options['batch_size']!r}."
+        )
+    return timezone.now() - dt.timedelta(days=days)
 
 
 def write_status(

@@ -35,6 +35,11 @@ SERVICE_MAX_LENGTH = 100
 SERVICE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: AMQP short strings (exchange and queue names, routing keys) are at most 255 bytes.
 AMQP_NAME_MAX_BYTES = 255
+#: Upper bounds that keep every value inside a PostgreSQL ``integer`` / ``interval`` and a
+#: Python ``timedelta`` added to now (larger values are typos, e.g. milliseconds for seconds).
+MAX_INTEGER = 2**31 - 1
+MAX_SECONDS = 10 * 366 * 86400
+MAX_DAYS = 100 * 366
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,66 +108,92 @@ class Problem:
 Rule = tuple[Callable[[Any], str | None], str]
 
 
+def _show(value: Any) -> str:
+    """``repr(value)`` cut to a readable length (a check message, not a dump)."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    # int beyond float range is not finite for our purposes (and math.isfinite would raise).
+    return isinstance(value, int) or math.isfinite(value)
 
 
-def _positive_int(limit: int | None = None) -> Callable[[Any], str | None]:
+def _positive_int(limit: int = MAX_INTEGER) -> Callable[[Any], str | None]:
     def rule(value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            return f"must be a positive integer, got {value!r}"
-        if limit is not None and value > limit:
-            return f"must be at most {limit}, got {value!r}"
+            return f"must be a positive integer (not a string or bool), got {_show(value)}"
+        if value > limit:
+            return f"must be at most {limit}, got {_show(value)}"
         return None
 
     return rule
 
 
-def _seconds(*, zero: bool = False) -> Callable[[Any], str | None]:
+def _number(*, zero: bool = False, unit: str = "seconds") -> Callable[[Any], str | None]:
+    limit = MAX_DAYS if unit == "days" else MAX_SECONDS
+
     def rule(value: Any) -> str | None:
         if not _is_number(value) or value < 0 or (value == 0 and not zero):
             wanted = "a number ≥ 0" if zero else "a positive number"
-            return f"must be {wanted} (int or float, not a string), got {value!r}"
+            return f"must be {wanted} of {unit} (int or float, not a string), got {_show(value)}"
+        if value > limit:
+            return f"must be at most {limit} {unit}, got {_show(value)}"
         return None
 
     return rule
 
 
 def _boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else f"must be True or False, got {value!r}"
+    return None if isinstance(value, bool) else f"must be True or False, got {_show(value)}"
 
 
 def _optional_boolean(value: Any) -> str | None:
     return (
         None
         if value is None or isinstance(value, bool)
-        else f"must be None, True or False, got {value!r}"
+        else f"must be None, True or False, got {_show(value)}"
     )
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str | None]:
     def rule(value: Any) -> str | None:
-        return None if value in options else f"is {value!r}; use one of {', '.join(options)}"
+        if isinstance(value, str) and value in options:
+            return None
+        return f"is {_show(value)}; use one of {', '.join(options)}"
 
     return rule
 
 
 def _service(value: Any) -> str | None:
     if not isinstance(value, str) or not value:
-        return f"must be a non-empty string naming this service, got {value!r}"
-    if len(value) > SERVICE_MAX_LENGTH or not SERVICE_PATTERN.match(value):
+        return f"must be a non-empty string naming this service, got {_show(value)}"
+    if len(value) > SERVICE_MAX_LENGTH or not SERVICE_PATTERN.fullmatch(value):
         return (
             f"must be at most {SERVICE_MAX_LENGTH} letters, digits and . _ - (starting with a "
-            f"letter or digit), got {value!r}"
+            f"letter or digit), got {_show(value)}"
         )
     return None
+
+
+def _utf8_length(value: str) -> int | None:
+    try:
+        return len(value.encode())
+    except UnicodeEncodeError:  # a lone surrogate cannot go on the wire
+        return None
 
 
 def _amqp_name(*, empty: bool) -> Callable[[Any], str | None]:
     def rule(value: Any) -> str | None:
         if not isinstance(value, str) or (not value and not empty):
-            return f"must be a {'' if empty else 'non-empty '}string, got {value!r}"
-        if len(value.encode()) > AMQP_NAME_MAX_BYTES or "\x00" in value:
+            return f"must be a {'' if empty else 'non-empty '}string, got {_show(value)}"
+        size = _utf8_length(value)
+        if size is None or size > AMQP_NAME_MAX_BYTES or "\x00" in value:
             return f"must be at most {AMQP_NAME_MAX_BYTES} bytes of UTF-8 without NUL"
         return None
 
@@ -170,15 +201,18 @@ def _amqp_name(*, empty: bool) -> Callable[[Any], str | None]:
 
 
 def _broker_url(value: Any) -> str | None:
-    if value is None or (isinstance(value, str) and value.strip()):
+    if value is None:
         return None
-    return f"must be a broker URL string (or None to use Celery's), got {value!r}"
+    if isinstance(value, str) and value.strip() and "\x00" not in value and _utf8_length(value):
+        return None
+    return f"must be a broker URL string (or None to use CELERY_BROKER_URL), got {_show(value)}"
 
 
 def _retention(value: Any) -> str | None:
     if value is None:
         return None
-    return _seconds()(value) and f"must be None or a positive number of days, got {value!r}"
+    wrong = _number(unit="days")(value)
+    return wrong and f"must be None or a positive number of days, got {_show(value)}"
 
 
 _INTEGER, _NUMBER, _BOOLEAN = "inbox_outbox.E004", "inbox_outbox.E008", "inbox_outbox.E009"
@@ -190,16 +224,16 @@ RULES: dict[str, Rule] = {
     "require_atomic": (_boolean, _BOOLEAN),
     "max_payload_bytes": (_positive_int(), _INTEGER),
     "nudge": (_boolean, _BOOLEAN),
-    "nudge_interval": (_seconds(zero=True), _NUMBER),
+    "nudge_interval": (_number(zero=True), _NUMBER),
     "prepare_statements": (_optional_boolean, "inbox_outbox.E006"),
     "defer_inserts": (_boolean, "inbox_outbox.E007"),
     "relay_batch_size": (_positive_int(10_000), _INTEGER),
-    "relay_confirm_timeout": (_seconds(), _NUMBER),
-    "relay_lease_seconds": (_seconds(), _NUMBER),
-    "relay_poll_interval": (_seconds(), _NUMBER),
+    "relay_confirm_timeout": (_number(), _NUMBER),
+    "relay_lease_seconds": (_number(), _NUMBER),
+    "relay_poll_interval": (_number(), _NUMBER),
     "relay_max_attempts": (_positive_int(), _INTEGER),
-    "relay_backoff_base": (_seconds(), _NUMBER),
-    "relay_backoff_max": (_seconds(), _NUMBER),
+    "relay_backoff_base": (_number(), _NUMBER),
+    "relay_backoff_max": (_number(), _NUMBER),
     "unroutable": (_choice(UNROUTABLE_POLICIES), "inbox_outbox.E001"),
     "queue_prefix": (_amqp_name(empty=True), "inbox_outbox.E014"),
     "consume_in_worker": (_boolean, _BOOLEAN),
@@ -207,15 +241,15 @@ RULES: dict[str, Rule] = {
     "prefetch_count": (_positive_int(65_535), _INTEGER),
     "inbox_concurrency": (_positive_int(64), _INTEGER),
     "inbox_batch_size": (_positive_int(10_000), _INTEGER),
-    "inbox_batch_delay": (_seconds(zero=True), _NUMBER),
+    "inbox_batch_delay": (_number(zero=True), _NUMBER),
     "max_body_bytes": (_positive_int(), _INTEGER),
     "unknown_topic": (_choice(UNKNOWN_TOPIC_POLICIES), "inbox_outbox.E002"),
     "inbox_max_attempts": (_positive_int(), _INTEGER),
-    "inbox_backoff_base": (_seconds(), _NUMBER),
-    "inbox_backoff_max": (_seconds(), _NUMBER),
-    "order_wait_seconds": (_seconds(zero=True), _NUMBER),
-    "inbox_sweep_interval": (_seconds(zero=True), _NUMBER),
-    "dedup_window_days": (_seconds(zero=True), _NUMBER),
+    "inbox_backoff_base": (_number(), _NUMBER),
+    "inbox_backoff_max": (_number(), _NUMBER),
+    "order_wait_seconds": (_number(zero=True), _NUMBER),
+    "inbox_sweep_interval": (_number(zero=True), _NUMBER),
+    "dedup_window_days": (_number(zero=True, unit="days"), _NUMBER),
     "retention_days": (_retention, _NUMBER),
 }
 
@@ -250,7 +284,7 @@ def problems() -> list[Problem]:
     if not isinstance(user, dict):
         return [_not_a_dict(user)]
     defaults = Settings()
-    found = []
+    found = _duplicates(user)
     for name, (rule, check_id) in RULES.items():
         value = _lookup(user, name, getattr(defaults, name))
         wrong = rule(value)
@@ -264,11 +298,41 @@ def problems() -> list[Problem]:
     return found
 
 
+def _duplicates(user: dict[Any, Any]) -> list[Problem]:
+    """Keys that name one setting in different case: which one wins would be a guess."""
+    spellings: dict[str, list[str]] = {}
+    for key in user:
+        if isinstance(key, str) and key.lower() in RULES:
+            spellings.setdefault(key.lower(), []).append(key)
+    return [
+        Problem(
+            name.upper(),
+            f"{SETTING_NAME} names {name.upper()} {len(keys)} times: "
+            + ", ".join(repr(k) for k in keys)
+            + ".",
+            f'Keep one of them, spelled "{name.upper()}".',
+            "inbox_outbox.E015",
+        )
+        for name, keys in spellings.items()
+        if len(keys) > 1
+    ]
+
+
 def _relations(conf: Settings) -> list[Problem]:
     """Rules between two settings (each value already valid on its own)."""
     # RELAY_CONFIRM_TIMEOUT may exceed RELAY_LEASE_SECONDS: a working relay renews its
     # leases (outbox/lease.py), so the old rule "confirm timeout < lease" (E005) is gone.
     found = []
+    if len(conf.queue_name.encode()) > AMQP_NAME_MAX_BYTES:
+        found.append(
+            Problem(
+                "QUEUE_PREFIX",
+                f'{SETTING_NAME}["QUEUE_PREFIX"] + "SERVICE" (the queue name) is longer than '
+                f"{AMQP_NAME_MAX_BYTES} bytes.",
+                "Shorten QUEUE_PREFIX: AMQP queue names are at most 255 bytes.",
+                "inbox_outbox.E014",
+            )
+        )
     for side in ("relay", "inbox"):
         base, cap = getattr(conf, f"{side}_backoff_base"), getattr(conf, f"{side}_backoff_max")
         if base > cap:
@@ -338,7 +402,10 @@ def broker_url_source() -> tuple[str | None, str]:
     configured = (
         _lookup(_user_dict(), "broker_url", None) if isinstance(_user_dict(), dict) else None
     )
-    if isinstance(configured, str) and configured.strip():
+    if configured is not None:
+        wrong = _broker_url(configured)
+        if wrong:  # never fall back past a URL the user wrote but got wrong
+            return None, f'{SETTING_NAME}["BROKER_URL"] {wrong}'
         return configured, f'{SETTING_NAME}["BROKER_URL"]'
     celery_setting = getattr(settings, "CELERY_BROKER_URL", None)
     if isinstance(celery_setting, str) and celery_setting.strip():

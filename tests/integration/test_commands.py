@@ -18,7 +18,7 @@ from inbox.testing import deliver
 from outbox import publish
 from outbox.models import OutboxMessage
 from outbox.tasks import purge as outbox_retention
-from tests.conftest import ROOT
+from tests.conftest import ROOT, test_database_url
 from tests.testapp.models import Effect
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -153,3 +153,93 @@ def test_retention_is_off_by_default_and_purges_old_rows_when_set(names, setting
     settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "RETENTION_DAYS": 14, "DEDUP_WINDOW_DAYS": 30}
     assert outbox_retention() == 1 and inbox_retention() == 2
     assert not OutboxMessage.objects.exists() and not InboxMessage.objects.exists()
+
+
+def _snapshot():
+    return (
+        sorted(OutboxMessage.objects.values_list("id", "status", "attempts", "available_at")),
+        sorted(InboxMessage.objects.values_list("id", "status", "attempts", "next_attempt_at")),
+    )
+
+
+@pytest.fixture
+def old_rows(names):
+    """Rows every purge and replay below would touch if its arguments were taken."""
+    for state in ("sent", "dead", "failed"):
+        OutboxMessage.objects.filter(id=publish("t", {}).id).update(status=state)
+    deliver("test.effect", {"do_not_retry": True}, id="old-dead")
+    deliver("test.effect", {"audit_fails": True}, id="old-failed")
+    aged(OutboxMessage.objects.all(), 400)
+    aged(InboxMessage.objects.all(), 400, "received_at")
+    return _snapshot()
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ["outbox_replay", "--since", "2026-13-45"],
+            r"--since must be an ISO 8601 date.*2026-13-45",
+        ),
+        (["inbox_replay", "--since", "2026-13-45"], r"--since must be an ISO 8601 date"),
+        # Well-formed but impossible: Django's parse_datetime raises ValueError for these.
+        (["outbox_replay", "--since", "2026-02-30T10:00"], r"--since must be an ISO 8601"),
+        (["inbox_replay", "--until", "2026-01-01T25:61"], r"--until must be an ISO 8601"),
+        (["outbox_replay", "--until", "garbage"], r"--until must be an ISO 8601.*'garbage'"),
+        (["inbox_replay", "--until", "garbage"], r"--until must be an ISO 8601"),
+        (["outbox_purge", "--older-than-days", "nan"], r"--older-than-days must be a finite"),
+        (["outbox_purge", "--older-than-days", "inf"], r"--older-than-days must be a finite"),
+        (["inbox_purge", "--older-than-days", "1e308"], r"--older-than-days must be a finite"),
+        (["inbox_purge", "--older-than-days=-inf"], r"--older-than-days must not be negative"),
+        (["inbox_purge", "--older-than-days", "-1"], r"--older-than-days must not be negative"),
+        (["outbox_purge", "--older-than-days", "1", "--batch-size", "0"], r"--batch-size must"),
+        (["inbox_purge", "--older-than-days", "1", "--batch-size", "-5"], r"--batch-size must"),
+        (["outbox_purge", "--older-than-days", "1", "--batch-size", str(10**30)], r"--batch-size"),
+        (["inbox_replay", "--consumer", "bogus"], r"--consumer 'bogus' is neither"),
+        (["inbox_replay", "--consumer", "bogus", "--dry-run"], r"--consumer 'bogus' is neither"),
+    ],
+)
+def test_a_bad_argument_is_a_clear_error_and_changes_nothing(old_rows, args, error):
+    with pytest.raises(CommandError, match=error):
+        run(*args)
+    assert _snapshot() == old_rows
+
+
+def test_an_unknown_consumer_error_names_the_consumers_that_exist(names):
+    with pytest.raises(CommandError) as caught:
+        run("inbox_replay", "--consumer", f"{names.service}:efect")
+    assert f"{names.service}:effect" in str(caught.value)
+
+
+def test_a_consumer_only_old_rows_have_can_still_be_replayed(names):
+    # A renamed handler's rows: no handler has the consumer, but the rows do.
+    deliver("test.effect", {"audit_fails": True}, id="renamed")
+    InboxMessage.objects.filter(consumer=f"{names.service}:audit").update(consumer="old:audit")
+    out = run("inbox_replay", "--consumer", "old:audit", "--dry-run")
+    assert "would replay 1 message(s)" in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["outbox_purge", "--older-than-days", "nan"],
+        ["inbox_purge", "--older-than-days", "1e308"],
+        ["outbox_replay", "--since", "2026-13-45"],
+        ["inbox_replay", "--consumer", "bogus"],
+    ],
+)
+def test_a_bad_argument_is_one_line_and_a_non_zero_exit_from_the_shell(args):
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **__import__("os").environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DATABASE_URL": test_database_url(),
+        },
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.startswith("CommandError: ")

@@ -2,10 +2,11 @@
 
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from inbox import operations
 from inbox.models import InboxMessage, Status
+from inbox.registry import registry
 from inbox_outbox.commandkit import add_selection_arguments, select
 
 
@@ -16,6 +17,8 @@ class Command(BaseCommand):
         add_selection_arguments(parser, consumer=True)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options.get("consumer"):
+            check_consumer(options["consumer"])
         queryset = select(
             InboxMessage.objects.all(),
             options,
@@ -29,3 +32,15 @@ class Command(BaseCommand):
         if outcome.failed_again:
             line += f" {outcome.failed_again} failed again."
         self.stdout.write(line)
+
+
+def check_consumer(consumer: str) -> None:
+    """Refuse a consumer that no handler has and no row has: a typo would replay nothing."""
+    handlers = sorted(h.consumer for h in registry.all())
+    if consumer in handlers or InboxMessage.objects.filter(consumer=consumer).exists():
+        return
+    raise CommandError(
+        f"--consumer {consumer!r} is neither a registered handler's consumer nor in the inbox. "
+        "A consumer is <SERVICE>:<handler name>; this service's are: "
+        f"{', '.join(handlers) or '(no handlers registered)'}."
+    )
