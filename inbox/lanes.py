@@ -35,7 +35,7 @@ STOP_TIMEOUT = 30.0
 def lane_key(message: kombu.Message) -> bytes:
     """What decides a delivery's lane: its stream if the body names a key, else its id."""
     try:
-        event = json.loads(message.body)
+        event = json.loads(message.body or b"")
     except Exception:  # not JSON, too deep, too large a number: any lane; the inbox rejects it
         event = None
     if isinstance(event, dict) and event.get("partitionkey") is not None:
@@ -174,7 +174,7 @@ class Lanes:
             for message in batch:
                 stream = self._routed.pop(message.delivery_tag, None)
                 pin = self._pins.get(stream) if stream is not None else None
-                if pin is not None:
+                if stream is not None and pin is not None:
                     pin[1] -= 1
                     if not pin[1]:
                         del self._pins[stream]
