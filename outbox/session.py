@@ -177,11 +177,12 @@ def _prepares(connection: Any) -> bool:
 
 def session_for(connection: Any) -> Session:
     """The connection's session, made on first use and after a reconnect."""
-    current = connection.__dict__.get("_outbox_session")
+    current: Session | None = connection.__dict__.get("_outbox_session")
     if current is None or not current.usable():
         if current is not None:
             current.discard()
-        current = connection._outbox_session = Session(connection)
+        current = Session(connection)
+        connection._outbox_session = current
         _hook_commit(connection)
     elif current.conf is not get_settings():
         current.configure()
