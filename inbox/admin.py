@@ -161,7 +161,7 @@ class InboxMessageAdmin(adminkit.MessageAdminBase[InboxMessage]):
 
 @admin.register(KeyProgress)
 class KeyProgressAdmin(ReadOnlyMixin, ModelAdmin[KeyProgress]):
-    list_display = ("consumer", "topic", "key", "last_sequence", "updated_at")
+    list_display = ("consumer", "source", "topic", "key", "epoch", "last_sequence", "updated_at")
     search_fields = ("key",)
     paginator = CappedCountPaginator
     show_full_result_count = False

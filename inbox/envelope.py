@@ -22,6 +22,10 @@ class Envelope:
     sequence: int | None
     source: str
     time: dt.datetime | None
+    #: The producer's counter incarnation (``sequenceepoch``); 0 when it sends none.
+    epoch: int = 0
+    #: On a void announcement, the id of the message whose sequence the producer gave up on.
+    voids: str | None = None
 
 
 def body_id(body: bytes) -> str:
@@ -68,12 +72,11 @@ def _cloudevent(event: dict[str, Any], headers: dict[str, Any]) -> Envelope:
     if not isinstance(topic, str) or not topic:
         raise InvalidMessage("CloudEvent without a type (topic)")
     key = event.get("partitionkey")
-    sequence = event.get("sequence")
-    if sequence is not None:
-        try:
-            sequence = int(sequence)
-        except (TypeError, ValueError) as exc:
-            raise InvalidMessage(f"sequence {sequence!r} is not a decimal integer") from exc
+    sequence = _decimal(event, "sequence")
+    epoch = _decimal(event, "sequenceepoch") or 0
+    voids = event.get("voids")
+    if voids is not None and (not isinstance(voids, str) or key is None or sequence is None):
+        raise InvalidMessage("a void announcement needs a string voids, partitionkey and sequence")
     for name in ("traceparent", "tracestate"):
         if name in event:
             headers.setdefault(name, event[name])
@@ -92,7 +95,19 @@ def _cloudevent(event: dict[str, Any], headers: dict[str, Any]) -> Envelope:
         sequence,
         str(event.get("source") or ""),
         time,
+        epoch,
+        voids,
     )
+
+
+def _decimal(event: dict[str, Any], name: str) -> int | None:
+    value = event.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidMessage(f"{name} {value!r} is not a decimal integer") from exc
 
 
 def _plain(value: Any) -> Any:

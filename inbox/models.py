@@ -13,6 +13,8 @@ class Status(models.TextChoices):
     FAILED = "failed", "Failed (will retry)"
     DEAD = "dead", "Dead"
     REJECTED = "rejected", "Rejected (malformed or unknown)"
+    STALE = "stale", "Stale (its sequence was already settled; not run)"
+    VOID = "void", "Void (the producer gave up on this sequence)"
 
 
 #: Statuses the retry sweeper may still act on.
@@ -35,6 +37,9 @@ class InboxMessageQuerySet(models.QuerySet["InboxMessage"]):
     def rejected(self) -> InboxMessageQuerySet:
         return self.filter(status=Status.REJECTED)
 
+    def stale(self) -> InboxMessageQuerySet:
+        return self.filter(status=Status.STALE)
+
 
 class InboxMessage(models.Model):
     """A message as one consumer saw it.
@@ -47,8 +52,14 @@ class InboxMessage(models.Model):
     consumer = models.CharField(max_length=200)
     message_id = models.CharField(max_length=200)
     topic = models.CharField(max_length=255, blank=True, default="")
+    #: The producing service (CloudEvents ``source``): part of a keyed message's stream.
+    source = models.CharField(max_length=255, blank=True, default="")
     key = models.CharField("ordering key", max_length=255, null=True, blank=True)
+    #: The producer's counter incarnation (``sequenceepoch``; 0 when the producer sends none).
+    epoch = models.BigIntegerField(null=True, blank=True)
     sequence = models.BigIntegerField(null=True, blank=True)
+    #: On a void announcement: the id of the message whose sequence the producer gave up on.
+    voids = models.CharField(max_length=200, null=True, blank=True)
     payload = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
     headers = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
     raw_body = models.BinaryField(null=True, blank=True)
@@ -84,8 +95,8 @@ class InboxMessage(models.Model):
                 condition=models.Q(status__in=OPEN),
             ),
             models.Index(
-                fields=["consumer", "topic", "key", "sequence"],
-                name="inbox_waiting_key_idx",
+                fields=["consumer", "source", "topic", "key", "epoch", "sequence"],
+                name="inbox_waiting_stream_idx",
                 condition=models.Q(status=Status.WAITING),
             ),
             # The admin's list, date hierarchy and filters, and the purge by age.
@@ -99,15 +110,17 @@ class InboxMessage(models.Model):
 
 
 class KeyProgress(models.Model):
-    """The last sequence a consumer handled per (topic, key).
+    """The last position a consumer settled per stream (source, topic, key).
 
     Locked ``FOR UPDATE`` while a keyed message is handled, so that workers handle
-    one key's messages one at a time and in sequence order.
+    one stream's messages one at a time and in sequence order (see ``inbox.ordering``).
     """
 
     consumer = models.CharField(max_length=200)
+    source = models.CharField(max_length=255, default="")
     topic = models.CharField(max_length=255)
     key = models.CharField(max_length=255)
+    epoch = models.BigIntegerField(default=0)
     last_sequence = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -117,9 +130,16 @@ class KeyProgress(models.Model):
         verbose_name_plural = "key progress"
         constraints = [
             models.UniqueConstraint(
-                fields=["consumer", "topic", "key"], name="inbox_key_progress_uniq"
+                fields=["consumer", "source", "topic", "key"], name="inbox_stream_progress_uniq"
             ),
+        ]
+        indexes = [
+            # The retention job: idle progress rows, oldest first.
+            models.Index(fields=["updated_at"], name="inbox_progress_updated_idx"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.consumer} {self.topic}/{self.key}@{self.last_sequence}"
+        return (
+            f"{self.consumer} {self.source}:{self.topic}/{self.key}"
+            f"@{self.epoch}.{self.last_sequence}"
+        )

@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
+from django.db import router, transaction
 from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
@@ -14,8 +15,9 @@ from inbox_outbox.bulk import delete_in_batches
 from inbox_outbox.conf import get_settings
 from inbox_outbox.operations import OperationResult
 
-from .models import InboxMessage, KeyProgress, Status
-from .processing import drain_key, retry_row
+from . import ordering
+from .models import InboxMessage, Status
+from .processing import drain_stream, retry_row
 from .registry import registry
 
 REPLAYABLE = (Status.FAILED, Status.DEAD)
@@ -63,19 +65,24 @@ def mark_dead(
     if dry_run:
         done = applicable.count()
         return OperationResult(done, total - done)
-    rows = list(applicable.values_list("id", "consumer", "topic", "key", "sequence"))
-    InboxMessage.objects.filter(id__in=[r[0] for r in rows]).update(
+    rows = list(applicable)
+    InboxMessage.objects.filter(id__in=[r.id for r in rows]).update(
         status=Status.DEAD, next_attempt_at=None, last_error=reason
     )
-    for _, consumer, topic, key, sequence in rows:
-        if key is None or sequence is None:
+    for row in rows:
+        stream = ordering.stream_of_row(row)
+        if stream is None:
             continue
-        KeyProgress.objects.filter(
-            consumer=consumer, topic=topic, key=key, last_sequence__lt=sequence
-        ).update(last_sequence=sequence)
-        handler = registry.for_consumer(consumer)
+        # A dead head no longer holds back its stream; a dead row further back settles
+        # nothing: the messages between the head and it may not have arrived yet.
+        alias = router.db_for_write(InboxMessage)
+        with transaction.atomic(using=alias):
+            position = ordering.position_of_row(row)
+            if ordering.is_next(alias, stream, position):
+                ordering.settle(alias, stream, position)
+        handler = registry.for_consumer(row.consumer)
         if handler is not None:
-            drain_key(handler, topic, key)
+            drain_stream(handler, stream)
     return OperationResult(len(rows), total - len(rows))
 
 

@@ -8,7 +8,8 @@ consumer's progress row for their (topic, key): a message whose predecessor has
 not been handled yet is stored as *waiting* and handled when the gap closes.
 
 Every path ends with the message durable in the inbox (processed, waiting, failed,
-dead or rejected), so the caller may acknowledge the broker afterwards.
+dead, rejected, stale or void), so the caller may acknowledge the broker afterwards.
+Whether a keyed message runs, waits or is stale is decided by :mod:`inbox.ordering`.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from django.utils import timezone
 from inbox_outbox.backoff import backoff_seconds
 from inbox_outbox.conf import get_settings
 
-from . import sql
+from . import ordering, sql
 from .envelope import Envelope, body_id, parse
 from .exceptions import DoNotRetry, InvalidMessage, RetryAfter
 from .message import Message
-from .models import InboxMessage, KeyProgress, Status
+from .models import InboxMessage, Status
+from .ordering import Position, Stream, Verdict
 from .registry import Handler, registry
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class Outcome(enum.Enum):
     DEAD = "dead"
     REJECTED = "rejected"
     IGNORED = "ignored"
+    STALE = "stale"
+    VOID = "void"
 
 
 def _alias(using: str | None) -> str:
@@ -74,8 +78,11 @@ def _insert(
         consumer,
         message_id[:200],
         (env.topic if env else topic)[:255],
+        env.source[:255] if env else "",
         env.key if env else None,
+        env.epoch if env and env.sequence is not None else None,
         env.sequence if env else None,
+        env.voids if env else None,
         json.dumps(env.data, cls=DjangoJSONEncoder) if env else "null",
         json.dumps(env.headers if env else {}, cls=DjangoJSONEncoder),
         raw,
@@ -92,34 +99,15 @@ def _insert(
         return cursor.fetchone() is not None
 
 
-def _lock_progress(alias: str, consumer: str, topic: str, key: str) -> int:
-    """Lock the (consumer, topic, key) progress row until commit; return its last sequence."""
-    connection = connections[alias]
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
-    with connection.cursor() as cursor:
-        cursor.execute(sql.LOCK_PROGRESS, [consumer, topic, key, now])
-        return int(cursor.fetchone()[0])
+def stream_of(handler: Handler, env: Envelope) -> Stream | None:
+    """The stream ``env`` belongs to for ``handler``, or None for a keyless message."""
+    if env.key is None or env.sequence is None:
+        return None
+    return Stream(handler.consumer, env.source, env.topic, env.key)
 
 
-def _lock_progress_rows(alias: str, streams: list[tuple[str, str, str]]) -> None:
-    """Lock the progress rows of ``streams`` (consumer, topic, key) in the order given."""
-    if not streams:
-        return
-    connection = connections[alias]
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
-    params = [value for stream in streams for value in (*stream, now)]
-    with connection.cursor() as cursor:
-        cursor.execute(sql.lock_progress_rows(len(streams)), params)
-
-
-def _advance(alias: str, consumer: str, topic: str, key: str, sequence: int) -> None:
-    KeyProgress.objects.using(alias).filter(
-        consumer=consumer, topic=topic, key=key, last_sequence__lt=sequence
-    ).update(last_sequence=sequence)
-
-
-def _is_keyed(topic: str, key: str | None, sequence: int | None) -> bool:
-    return key is not None and sequence is not None
+def _position(env: Envelope) -> Position:
+    return Position(env.epoch, env.sequence or 0)
 
 
 def _message(env: Envelope, attempt: int) -> Message:
@@ -232,15 +220,22 @@ def handle(
             outcome = _handle_in_transaction(alias, handler, env, raw)
     except Exception as exc:
         outcome = _record_failure(alias, handler, env, raw, exc)
-    if outcome in _DRAIN_AFTER and _is_keyed(env.topic, env.key, env.sequence):
-        drain_key(handler, env.topic, env.key, using=alias)  # type: ignore[arg-type]
+    stream = stream_of(handler, env)
+    if outcome in _DRAIN_AFTER and stream is not None:
+        drain_stream(handler, stream, using=alias)
     return outcome
 
 
-#: Outcomes after which a key's waiting messages may be next. WAITING is one of them: a
+#: Outcomes after which a stream's waiting messages may be next. WAITING is one of them: a
 #: worker that died between committing a message and draining its successors leaves them
-#: waiting, and the next arrival on the key picks them up.
-_DRAIN_AFTER = (Outcome.DONE, Outcome.DEAD, Outcome.WAITING)
+#: waiting, and the next arrival on the stream picks them up.
+_DRAIN_AFTER = (Outcome.DONE, Outcome.DEAD, Outcome.VOID, Outcome.WAITING)
+
+#: The status a keyed message is stored with when it does not run now.
+_HELD = {
+    Verdict.WAIT: (Status.WAITING, Outcome.WAITING),
+    Verdict.STALE: (Status.STALE, Outcome.STALE),
+}
 
 
 def _handle_in_transaction(
@@ -251,28 +246,43 @@ def _handle_in_transaction(
     A handler's exception propagates: the caller rolls back and records the failure.
     """
     consumer = handler.consumer
-    keyed = _is_keyed(env.topic, env.key, env.sequence)
-    if keyed:
-        assert env.key is not None and env.sequence is not None
-        last = _lock_progress(alias, consumer, env.topic, env.key)
-        if env.sequence > last + 1:
-            status, attempts = Status.WAITING, 0
-            _insert(
+    stream = stream_of(handler, env)
+    if stream is not None:
+        last = ordering.lock(alias, stream)
+        verdict = ordering.judge(last, _position(env))
+        if verdict in _HELD:
+            status, outcome = _HELD[verdict]
+            stored = _insert(
                 alias,
                 consumer=consumer,
                 message_id=env.id,
                 status=status,
                 envelope=env,
                 raw=raw,
-                attempts=attempts,
+                attempts=0,
+                error=_stale_reason(last, env) if verdict is Verdict.STALE else "",
             )
-            return Outcome.WAITING
+            return outcome if stored else Outcome.DUPLICATE
+        if env.voids is not None:
+            if not _insert(
+                alias, consumer=consumer, message_id=env.id, status=Status.VOID, envelope=env
+            ):
+                return Outcome.DUPLICATE
+            ordering.settle(alias, stream, _position(env))
+            return Outcome.VOID
     if not _insert(alias, consumer=consumer, message_id=env.id, status=Status.DONE, envelope=env):
         return Outcome.DUPLICATE
     handler.func(_message(env, 1))
-    if keyed:
-        _advance(alias, consumer, env.topic, env.key, env.sequence)  # type: ignore[arg-type]
+    if stream is not None:
+        ordering.settle(alias, stream, _position(env))
     return Outcome.DONE
+
+
+def _stale_reason(last: Position, env: Envelope) -> str:
+    return (
+        f"stale: position {env.epoch}.{env.sequence} of {env.source}:{env.topic}/{env.key} is at "
+        f"or before the settled {last.epoch}.{last.sequence}; not run (replay it to run it)"
+    )
 
 
 class _NotBatchable(Exception):
@@ -295,7 +305,7 @@ def process_batch(
     """
     conf = get_settings()
     alias = _alias(using)
-    drains: dict[tuple[str, str, str], Handler] = {}
+    drains: dict[Stream, Handler] = {}
     try:
         with transaction.atomic(using=alias):
             parsed = []
@@ -310,22 +320,21 @@ def process_batch(
                     raise _NotBatchable
                 parsed.append((env, raw, handlers))
             # Two batches sharing keys lock them in one order, so they never deadlock.
-            _lock_progress_rows(
+            ordering.lock_all(
                 alias,
-                sorted(
-                    {
-                        (h.consumer, env.topic, env.key)
-                        for env, _, handlers in parsed
-                        if env.key is not None and env.sequence is not None
-                        for h in handlers
-                    }
+                (
+                    stream
+                    for env, _, handlers in parsed
+                    for h in handlers
+                    if (stream := stream_of(h, env)) is not None
                 ),
             )
             for env, raw, handlers in parsed:
                 for handler in handlers:
                     outcome = _handle_in_transaction(alias, handler, env, raw)
-                    if outcome in _DRAIN_AFTER and _is_keyed(env.topic, env.key, env.sequence):
-                        drains[(handler.consumer, env.topic, env.key)] = handler  # type: ignore[index]
+                    stream = stream_of(handler, env)
+                    if outcome in _DRAIN_AFTER and stream is not None:
+                        drains[stream] = handler
     except Exception as exc:
         if not isinstance(exc, _NotBatchable):
             logger.debug(
@@ -334,8 +343,8 @@ def process_batch(
         for body, properties, headers in deliveries:
             process_delivery(body, properties, headers, using=alias)
         return
-    for (_, topic, key), handler in drains.items():
-        drain_key(handler, topic, key, using=alias)
+    for stream, handler in drains.items():
+        drain_stream(handler, stream, using=alias)
 
 
 def _record_failure(
@@ -360,26 +369,47 @@ def _record_failure(
         ):
             # A concurrent delivery got there first; leave its (possibly processed) row alone.
             return Outcome.DUPLICATE
-        if status == Status.DEAD and _is_keyed(env.topic, env.key, env.sequence):
-            _lock_progress(alias, handler.consumer, env.topic, env.key)  # type: ignore[arg-type]
-            _advance(alias, handler.consumer, env.topic, env.key, env.sequence)  # type: ignore[arg-type]
+        # Dead at its first attempt while its stream's next: the stream moves on.
+        stream = stream_of(handler, env)
+        if (
+            status == Status.DEAD
+            and stream is not None
+            and ordering.is_next(alias, stream, _position(env))
+        ):
+            ordering.settle(alias, stream, _position(env))
     return Outcome.DEAD if status == Status.DEAD else Outcome.FAILED
 
 
 def _stored_envelope(row: InboxMessage) -> Envelope:
     return Envelope(
-        row.message_id, row.topic, row.payload, row.headers or {}, row.key, row.sequence, "", None
+        row.message_id,
+        row.topic,
+        row.payload,
+        row.headers or {},
+        row.key,
+        row.sequence,
+        row.source,
+        None,
+        row.epoch or 0,
+        row.voids,
     )
 
 
 def _run_stored(alias: str, handler: Handler, row: InboxMessage) -> Outcome:
     """Run a stored (waiting or failed) row's handler inside the caller's transaction.
 
-    The row is locked by the caller, so no other worker can run it; the handler runs
-    in a savepoint so that its failure is recorded in the same transaction.
+    The row is locked by the caller, so no other worker can run it, and so is its stream's
+    progress when it has one; the handler runs in a savepoint so that its failure is
+    recorded in the same transaction. A waiting void announcement settles without a handler.
     """
+    stream = ordering.stream_of_row(row)
+    if row.voids is not None:
+        row.status = Status.VOID
+        row.save(using=alias, update_fields=["status"])
+        if stream is not None:
+            ordering.settle(alias, stream, ordering.position_of_row(row))
+        return Outcome.VOID
     attempt = row.attempts + 1
-    keyed = _is_keyed(row.topic, row.key, row.sequence)
     try:
         with transaction.atomic(using=alias):  # a savepoint: the handler's writes only
             handler.func(_message(_stored_envelope(row), attempt))
@@ -391,83 +421,103 @@ def _run_stored(alias: str, handler: Handler, row: InboxMessage) -> Outcome:
             using=alias,
             update_fields=["status", "attempts", "next_attempt_at", "last_error", "traceback"],
         )
-        if status == Status.DEAD:
-            logger.error(
-                "inbox: %s gave up on %s after %d attempts: %s",
-                handler.consumer,
-                row.message_id,
-                attempt,
-                row.last_error,
-            )
-            if keyed:
-                _advance(alias, handler.consumer, row.topic, row.key, row.sequence)  # type: ignore[arg-type]
-            return Outcome.DEAD
-        return Outcome.FAILED
-    row.status, row.attempts, row.processed_at = Status.DONE, attempt, timezone.now()
-    row.next_attempt_at = None
-    row.raw_body = None
-    row.save(
-        using=alias,
-        update_fields=["status", "attempts", "processed_at", "next_attempt_at", "raw_body"],
-    )
-    if keyed:
-        _advance(alias, handler.consumer, row.topic, row.key, row.sequence)  # type: ignore[arg-type]
-    return Outcome.DONE
+        if status != Status.DEAD:
+            return Outcome.FAILED
+        logger.error(
+            "inbox: %s gave up on %s after %d attempts: %s",
+            handler.consumer,
+            row.message_id,
+            attempt,
+            row.last_error,
+        )
+        outcome = Outcome.DEAD
+    else:
+        row.status, row.attempts, row.processed_at = Status.DONE, attempt, timezone.now()
+        row.next_attempt_at = None
+        row.raw_body = None
+        row.save(
+            using=alias,
+            update_fields=["status", "attempts", "processed_at", "next_attempt_at", "raw_body"],
+        )
+        outcome = Outcome.DONE
+    if stream is not None:
+        ordering.settle(alias, stream, ordering.position_of_row(row))
+    return outcome
 
 
-#: Waiting rows one drain hands on before it returns (see :func:`drain_key`).
+#: Waiting rows one drain hands on before it returns (see :func:`drain_stream`).
 DRAIN_STEP = 100
 
 
-def drain_key(
+def drain_stream(
     handler: Handler,
-    topic: str,
-    key: str,
+    stream: Stream,
     *,
     using: str | None = None,
     force_after: float | None = None,
 ) -> int:
-    """Handle the waiting messages of one key that are now next in sequence, at most
+    """Handle the waiting messages of one stream that are now next in sequence, at most
     :data:`DRAIN_STEP` of them: the worker's consumer thread must get back to its broker
     connection, and the rest are handed on by the next sweep (``INBOX_SWEEP_INTERVAL``).
 
-    With ``force_after``, a waiting head older than that many seconds is handled
-    even though its predecessor never arrived (it expired, died upstream, or was
-    published before this consumer existed). Returns how many rows were settled.
+    With ``force_after``, a waiting head older than that many seconds is handled even though
+    its predecessor never arrived and was never announced void (the producer vanished, or
+    published before this consumer existed): the last resort. Returns how many rows settled.
     """
     alias = _alias(using)
-    consumer = handler.consumer
     settled = 0
     while settled < DRAIN_STEP:
         with transaction.atomic(using=alias):
-            last = _lock_progress(alias, consumer, topic, key)
-            row = (
-                InboxMessage.objects.using(alias)
-                .filter(consumer=consumer, topic=topic, key=key, status=Status.WAITING)
-                .order_by("sequence")
-                .select_for_update(skip_locked=True)
-                .first()
-            )
-            if row is None or row.sequence is None:
+            last = ordering.lock(alias, stream)
+            row = ordering.waiting_head(alias, stream)
+            if row is None:
                 return settled
-            if row.sequence > last + 1:
-                age = (timezone.now() - row.received_at).total_seconds()
+            position = ordering.position_of_row(row)
+            verdict = ordering.judge(last, position)
+            if verdict is Verdict.STALE:
+                row.status, row.last_error = (
+                    Status.STALE,
+                    _stale_reason(last, _stored_envelope(row)),
+                )
+                row.save(using=alias, update_fields=["status", "last_error"])
+                settled += 1
+                continue
+            if verdict is Verdict.WAIT:
+                age = _age_seconds(alias, row)
                 if force_after is None or age < force_after:
                     return settled
                 logger.warning(
-                    "inbox: %s skips a gap in %s/%s: waited %.0fs for sequence %d, handling %d",
-                    consumer,
-                    topic,
-                    key,
+                    "inbox: %s skips a gap in %s:%s/%s: waited %.0fs after %d.%d, handling %d.%d",
+                    stream.consumer,
+                    stream.source,
+                    stream.topic,
+                    stream.key,
                     age,
-                    last + 1,
-                    row.sequence,
+                    last.epoch,
+                    last.sequence,
+                    position.epoch,
+                    position.sequence,
                 )
             outcome = _run_stored(alias, handler, row)
         settled += 1
-        if outcome not in (Outcome.DONE, Outcome.DEAD):
+        if outcome not in (Outcome.DONE, Outcome.DEAD, Outcome.VOID):
             return settled
     return settled
+
+
+def _age_seconds(alias: str, row: InboxMessage) -> float:
+    """How long ``row`` has been stored, on the database's clock."""
+    from django.db.models import F
+    from django.db.models.functions import Now
+
+    age = (
+        InboxMessage.objects.using(alias)
+        .filter(pk=row.pk)
+        .annotate(age=Now() - F("received_at"))
+        .values_list("age", flat=True)
+        .first()
+    )
+    return age.total_seconds() if isinstance(age, dt.timedelta) else 0.0
 
 
 def retry_due(*, using: str | None = None, limit: int = 500) -> int:
@@ -491,14 +541,17 @@ def retry_due(*, using: str | None = None, limit: int = 500) -> int:
         InboxMessage.objects.using(alias)
         .filter(status=Status.WAITING)
         .order_by()
-        .values_list("consumer", "topic", "key")
+        .values_list("consumer", "source", "topic", "key")
         .distinct()[:limit]
     )
-    for consumer, topic, key in waiting:
+    for consumer, source, topic, key in waiting:
         handler = registry.for_consumer(consumer)
         if handler is not None and key is not None:
-            settled += drain_key(
-                handler, topic, key, using=alias, force_after=conf.order_wait_seconds
+            settled += drain_stream(
+                handler,
+                Stream(consumer, source, topic, key),
+                using=alias,
+                force_after=conf.order_wait_seconds,
             )
     return settled
 
@@ -515,14 +568,16 @@ def retry_row(handler: Handler, row_id: int, *, using: str | None = None) -> int
         )
         if row is None:
             return 0
-        keyed = _is_keyed(row.topic, row.key, row.sequence)
-        if keyed:
-            last = _lock_progress(alias, handler.consumer, row.topic, row.key)  # type: ignore[arg-type]
-            if row.sequence > last + 1:  # type: ignore[operator]
+        stream = ordering.stream_of_row(row)
+        if stream is not None:
+            last = ordering.lock(alias, stream)
+            # A failed row was its stream's next when it failed; only a restarted epoch
+            # can put something before it again, and then it waits its turn.
+            if ordering.judge(last, ordering.position_of_row(row)) is Verdict.WAIT:
                 row.status = Status.WAITING
                 row.save(using=alias, update_fields=["status"])
                 return 0
         outcome = _run_stored(alias, handler, row)
-    if keyed and outcome in (Outcome.DONE, Outcome.DEAD):
-        drain_key(handler, row.topic, row.key, using=alias)  # type: ignore[arg-type]
+    if stream is not None and outcome in _DRAIN_AFTER:
+        drain_stream(handler, stream, using=alias)
     return 1

@@ -12,8 +12,11 @@ ROW_COLUMNS = (
     "consumer",
     "message_id",
     "topic",
+    "source",
     "key",
+    "epoch",
     "sequence",
+    "voids",
     "payload",
     "headers",
     "raw_body",
@@ -42,12 +45,17 @@ def insert_row_unless_seen(vendor: str) -> str:
     )
 
 
-#: Lock a consumer's progress row of one (topic, key) until commit, creating it at 0, and
-#: return its last handled sequence.
+_PROGRESS_COLUMNS = "consumer, source, topic, key, epoch, last_sequence, updated_at"
+_PROGRESS_ROW = "(%s, %s, %s, %s, 0, 0, CURRENT_TIMESTAMP)"
+_PROGRESS_CONFLICT = (
+    "ON CONFLICT (consumer, source, topic, key) DO UPDATE SET updated_at = CURRENT_TIMESTAMP"
+)
+
+#: Lock a consumer's progress row of one stream (consumer, source, topic, key) until commit,
+#: creating it at epoch 0, sequence 0, and return its last settled (epoch, sequence).
 LOCK_PROGRESS = (
-    f"INSERT INTO {PROGRESS_TABLE} (consumer, topic, key, last_sequence, updated_at) "
-    "VALUES (%s, %s, %s, 0, %s) ON CONFLICT (consumer, topic, key) "
-    "DO UPDATE SET updated_at = excluded.updated_at RETURNING last_sequence"
+    f"INSERT INTO {PROGRESS_TABLE} ({_PROGRESS_COLUMNS}) VALUES {_PROGRESS_ROW} "
+    f"{_PROGRESS_CONFLICT} RETURNING epoch, last_sequence"
 )
 
 
@@ -55,9 +63,15 @@ LOCK_PROGRESS = (
 def lock_progress_rows(count: int) -> str:
     """Lock ``count`` progress rows at once, in the order of the parameters (a multi-row
     insert takes its rows' locks in ``VALUES`` order)."""
-    values = ", ".join(["(%s, %s, %s, 0, %s)"] * count)
+    values = ", ".join([_PROGRESS_ROW] * count)
     return (
-        f"INSERT INTO {PROGRESS_TABLE} (consumer, topic, key, last_sequence, updated_at) "
-        f"VALUES {values} ON CONFLICT (consumer, topic, key) "
-        "DO UPDATE SET updated_at = excluded.updated_at"
+        f"INSERT INTO {PROGRESS_TABLE} ({_PROGRESS_COLUMNS}) VALUES {values} {_PROGRESS_CONFLICT}"
     )
+
+
+#: Move a stream's progress to (epoch, sequence) when that is later than where it is.
+ADVANCE_PROGRESS = (
+    f"UPDATE {PROGRESS_TABLE} SET epoch = %s, last_sequence = %s, updated_at = CURRENT_TIMESTAMP "
+    "WHERE consumer = %s AND source = %s AND topic = %s AND key = %s "
+    "AND (epoch < %s OR (epoch = %s AND last_sequence < %s))"
+)

@@ -142,7 +142,7 @@ def test_a_key_stranded_by_a_crash_between_commit_and_drain_heals_on_the_next_ar
 
     deliver("test.effect", {}, id="x2", key="x", sequence=2)
     with monkeypatch.context() as crash:  # the worker dies after committing x1, before draining
-        crash.setattr(processing, "drain_key", lambda *args, **kwargs: 0)
+        crash.setattr(processing, "drain_stream", lambda *args, **kwargs: 0)
         deliver("test.effect", {}, id="x1", key="x", sequence=1)
     assert effects() == ["x1"] and row("x2").status == "waiting"
     deliver("test.effect", {}, id="x3", key="x", sequence=3)
