@@ -39,6 +39,8 @@ class _TestEvent:
     payload_json: str
     headers: dict[str, Any]
     created_at: dt.datetime
+    epoch: int | None = None
+    voids: uuid.UUID | None = None
 
 
 def deliver(
@@ -48,10 +50,15 @@ def deliver(
     id: str | None = None,
     key: str | None = None,
     sequence: int | None = None,
+    epoch: int | None = None,
+    source: str | None = None,
     headers: dict[str, Any] | None = None,
     using: str | None = None,
 ) -> dict[str, Outcome]:
-    """Deliver one CloudEvents message to this service's handlers; return each consumer's outcome."""
+    """Deliver one CloudEvents message to this service's handlers; return each consumer's outcome.
+
+    ``source`` (default: this service) and ``epoch`` stand for another producer's stream.
+    """
     message = _TestEvent(
         id=uuid7() if id is None else id,
         topic=topic,
@@ -60,8 +67,9 @@ def deliver(
         payload_json=json.dumps(data, cls=DjangoJSONEncoder),
         headers=dict(headers or {}),
         created_at=timezone.now(),
+        epoch=epoch,
     )
-    body = encode(message, source=get_settings().service)
+    body = encode(message, source=get_settings().service if source is None else source)
     return process_delivery(
         body,
         {"content_type": CONTENT_TYPE, "message_id": str(message.id), "type": topic},

@@ -33,6 +33,10 @@ class Event(Protocol):
     @property
     def sequence(self) -> int | None: ...
     @property
+    def epoch(self) -> int | None: ...
+    @property
+    def voids(self) -> uuid.UUID | None: ...
+    @property
     def payload_json(self) -> str: ...
     @property
     def headers(self) -> dict[str, Any]: ...
@@ -48,6 +52,8 @@ class Outgoing:
     topic: str
     key: str | None
     sequence: int | None
+    epoch: int | None
+    voids: uuid.UUID | None
     payload_json: str
     headers: dict[str, Any]
     created_at: dt.datetime
@@ -87,6 +93,10 @@ def encode(message: Event, *, source: str) -> bytes:
         parts += (',"partitionkey":', _quote(message.key))
     if message.sequence is not None:
         parts += (',"sequence":"', str(message.sequence), '"')
+    if message.epoch:
+        parts += (',"sequenceepoch":"', str(message.epoch), '"')
+    if message.voids is not None:
+        parts += (',"voids":"', str(message.voids), '"')
     if message.headers:
         for name in EXTENSION_HEADERS:
             if name in message.headers:

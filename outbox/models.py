@@ -57,6 +57,14 @@ class OutboxMessage(models.Model):
     sequence = models.BigIntegerField(
         null=True, blank=True, help_text="Per (topic, key) sequence, 1, 2, 3… in commit order."
     )
+    epoch = models.BigIntegerField(
+        null=True, blank=True, help_text="The incarnation of the (topic, key) counter it came from."
+    )
+    voids = models.UUIDField(
+        null=True,
+        blank=True,
+        help_text="A void announcement: the keyed message whose sequence will never be sent.",
+    )
     payload = models.JSONField(encoder=DjangoJSONEncoder)
     headers = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
     dedup_key = models.CharField(
@@ -119,15 +127,20 @@ OutboxMessage._meta.get_field("id").register_lookup(AnyOf)
 
 
 class Sequence(models.Model):
-    """The last sequence number handed out per (topic, key).
+    """The last sequence number handed out per (topic, key), in one epoch.
 
     Publishing a keyed message increments this row, which row-locks it until the
     publisher commits: same-key publishers serialize, so sequence order is commit order.
+    A row created afresh (first use, after the retention job purged it idle, or after
+    ``outbox_new_epoch``) starts a new epoch, its creation time on the database's clock
+    in microseconds, so consumers take its 1, 2, 3… for a restart, not for old numbers.
     """
 
     topic = models.CharField(max_length=255)
     key = models.CharField(max_length=255)
     last = models.BigIntegerField(default=0)
+    epoch = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "outbox_sequence"
@@ -136,4 +149,4 @@ class Sequence(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.topic}/{self.key}@{self.last}"
+        return f"{self.topic}/{self.key}@{self.epoch}.{self.last}"

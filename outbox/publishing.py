@@ -40,10 +40,12 @@ def _dumps(value: Any, what: str, topic: str) -> str:
         ) from exc
 
 
-def _next_sequence(session: Session, topic: str, key: str) -> int:
-    """Increment the (topic, key) counter; the row lock it takes lasts until commit."""
-    session.execute(sql.NEXT_SEQUENCE, [topic, key])
-    return int(session.cursor.fetchone()[0])
+def _next_sequence(session: Session, vendor: str, topic: str, key: str) -> tuple[int, int]:
+    """Increment the (topic, key) counter and return its (epoch, sequence); the row lock it
+    takes lasts until commit."""
+    session.execute(sql.next_sequence(vendor), [topic, key])
+    epoch, sequence = session.cursor.fetchone()
+    return int(epoch), int(sequence)
 
 
 def publish(
@@ -155,7 +157,9 @@ def _insert(connection: Any, alias: str, new: NewMessage) -> OutboxMessage:
     vendor = connection.vendor
     ops = connection.ops
     session = session_for(connection)
-    sequence = _next_sequence(session, new.topic, new.key) if new.key is not None else None
+    epoch = sequence = None
+    if new.key is not None:
+        epoch, sequence = _next_sequence(session, vendor, new.topic, new.key)
     message_id = uuid7()
     now_db = ops.adapt_datetimefield_value(new.created_at)
     notify = vendor == "postgresql" and _nudge_due(connection)
@@ -164,6 +168,7 @@ def _insert(connection: Any, alias: str, new: NewMessage) -> OutboxMessage:
         "topic": new.topic,
         "key": new.key,
         "sequence": sequence,
+        "epoch": epoch,
         "payload": new.payload_json,
         "headers": new.headers_json,
         "dedup_key": new.dedup_key,
@@ -188,6 +193,7 @@ def _insert(connection: Any, alias: str, new: NewMessage) -> OutboxMessage:
         topic=new.topic,
         key=new.key,
         sequence=sequence,
+        epoch=epoch,
         payload=new.payload,
         headers=new.headers,
         dedup_key=new.dedup_key,
@@ -211,6 +217,7 @@ def _instance(alias: str, **values: Any) -> OutboxMessage:
         lease_until=None,
         sent_at=None,
         last_error="",
+        voids=None,
         **values,
     )
     message._state = ModelState()

@@ -68,7 +68,15 @@ def _outgoing(queryset: QuerySet[OutboxMessage]) -> list[Outgoing]:
     """``queryset``'s rows as they go on the wire; the payload stays JSON text."""
     rows = queryset.annotate(
         payload_json=Cast("payload", TextField()), headers_text=Cast("headers", TextField())
-    ).values(*_CANDIDATE_FIELDS, "payload_json", "headers_text", "created_at", "expires_at")
+    ).values(
+        *_CANDIDATE_FIELDS,
+        "epoch",
+        "voids",
+        "payload_json",
+        "headers_text",
+        "created_at",
+        "expires_at",
+    )
     return [
         Outgoing(
             headers=json.loads(headers)

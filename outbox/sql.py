@@ -19,6 +19,7 @@ INSERT_VALUES = {
     "topic": "%s",
     "key": "%s",
     "sequence": "%s",
+    "epoch": "%s",
     "payload": "%s",
     "headers": "%s",
     "dedup_key": "%s",
@@ -36,6 +37,7 @@ INSERT_VALUES = {
 ABSENT_VALUES = {
     "key": "NULL",
     "sequence": "NULL",
+    "epoch": "NULL",
     "headers": "'{}'",
     "dedup_key": "NULL",
     "expires_at": "NULL",
@@ -62,11 +64,39 @@ def insert_message(vendor: str, *, notify: bool, absent: frozenset[str] = frozen
     return sql
 
 
-#: Hand out the next sequence of a (topic, key): the row lock it takes lasts until commit,
-#: so same-key publishers serialize and sequence order is commit order.
-NEXT_SEQUENCE = (
-    f"INSERT INTO {SEQUENCE_TABLE} (topic, key, last) VALUES (%s, %s, 1) "
-    f"ON CONFLICT (topic, key) DO UPDATE SET last = {SEQUENCE_TABLE}.last + 1 RETURNING last"
+#: A new epoch: the database's clock in microseconds since 1970.
+_EPOCH_NOW = {
+    "postgresql": "(extract(epoch from clock_timestamp()) * 1000000)::bigint",
+    "sqlite": "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)",
+}
+
+
+@functools.cache
+def next_sequence(vendor: str) -> str:
+    """Hand out the next (epoch, sequence) of a (topic, key): the row lock it takes lasts
+    until commit, so same-key publishers serialize and sequence order is commit order. A
+    counter row made afresh starts a new epoch at 1."""
+    return (
+        f"INSERT INTO {SEQUENCE_TABLE} (topic, key, last, epoch, updated_at) "
+        f"VALUES (%s, %s, 1, {_EPOCH_NOW[vendor]}, CURRENT_TIMESTAMP) "
+        f"ON CONFLICT (topic, key) DO UPDATE SET last = {SEQUENCE_TABLE}.last + 1, "
+        "updated_at = CURRENT_TIMESTAMP RETURNING epoch, last"
+    )
+
+
+@functools.cache
+def new_epoch(vendor: str) -> str:
+    """Start every counter again at a new epoch (after a restore from a backup)."""
+    return f"UPDATE {SEQUENCE_TABLE} SET last = 0, epoch = {_EPOCH_NOW[vendor]}"
+
+
+#: Forget counters idle since before %s whose key has nothing unsent: the next publish of
+#: the key starts a new epoch. The publisher's ``INSERT … ON CONFLICT`` waits on a row being
+#: deleted and then inserts afresh, so a concurrent publish is never lost or duplicated.
+PURGE_IDLE_SEQUENCES = (
+    f"DELETE FROM {SEQUENCE_TABLE} WHERE updated_at < %s AND NOT EXISTS ("
+    f"SELECT 1 FROM {TABLE} m WHERE m.topic = {SEQUENCE_TABLE}.topic "
+    f"AND m.key = {SEQUENCE_TABLE}.key AND m.status IN ('pending', 'failed'))"
 )
 
 #: Wait for the relay's nudge (PostgreSQL).

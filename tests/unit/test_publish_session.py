@@ -8,7 +8,7 @@ import pytest
 from django.db import connection, transaction
 
 from outbox import StatementLost, publish
-from outbox.models import OutboxMessage
+from outbox.models import OutboxMessage, Sequence
 from project.shop.models import Order
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -50,6 +50,8 @@ def test_prepared_and_plain_inserts_store_the_same_row(settings, prepare):
         "topic": "t",
         "key": "k",
         "sequence": 1,
+        "epoch": Sequence.objects.get(topic="t", key="k").epoch,
+        "voids": None,
         "payload": {"n": 1, "when": "2026-01-02"},
         "headers": {"h": "é"},
         "dedup_key": f"d-{prepare}",
@@ -63,6 +65,7 @@ def test_prepared_and_plain_inserts_store_the_same_row(settings, prepare):
         "expires_at": keyed.created_at + dt.timedelta(seconds=60),
         "last_error": "",
     }
+    assert keyed.epoch == _stored(keyed.id)["epoch"] > 0
     assert _stored(plain.id)["payload"] == {"n": 2} and _stored(plain.id)["headers"] == {}
     assert bool(_prepared_statements()) is prepare
 
