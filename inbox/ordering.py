@@ -17,9 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.db import connections
+from django.db.models import Q
+from django.db.models.functions import Now
 
 from . import sql
-from .models import InboxMessage, Status
+from .models import InboxMessage, KeyProgress, Status
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -92,18 +94,16 @@ def settle(alias: str, stream: Stream, position: Position) -> None:
     Only forward: settling a position at or before the progress changes nothing. The caller
     holds the progress lock and has judged ``position`` to run (or forces past a gap).
     """
-    with connections[alias].cursor() as cursor:
-        cursor.execute(
-            sql.ADVANCE_PROGRESS,
-            [
-                position.epoch,
-                position.sequence,
-                *_stream_params(stream),
-                position.epoch,
-                position.epoch,
-                position.sequence,
-            ],
-        )
+    earlier = Q(epoch__lt=position.epoch) | Q(
+        epoch=position.epoch, last_sequence__lt=position.sequence
+    )
+    KeyProgress.objects.using(alias).filter(
+        earlier,
+        consumer=stream.consumer,
+        source=stream.source,
+        topic=stream.topic,
+        key=stream.key,
+    ).update(epoch=position.epoch, last_sequence=position.sequence, updated_at=Now())
 
 
 def is_next(alias: str, stream: Stream, position: Position) -> bool:

@@ -68,10 +68,3 @@ def lock_progress_rows(count: int) -> str:
         f"INSERT INTO {PROGRESS_TABLE} ({_PROGRESS_COLUMNS}) VALUES {values} {_PROGRESS_CONFLICT}"
     )
 
-
-#: Move a stream's progress to (epoch, sequence) when that is later than where it is.
-ADVANCE_PROGRESS = (
-    f"UPDATE {PROGRESS_TABLE} SET epoch = %s, last_sequence = %s, updated_at = CURRENT_TIMESTAMP "
-    "WHERE consumer = %s AND source = %s AND topic = %s AND key = %s "
-    "AND (epoch < %s OR (epoch = %s AND last_sequence < %s))"
-)
