@@ -67,4 +67,3 @@ def lock_progress_rows(count: int) -> str:
     return (
         f"INSERT INTO {PROGRESS_TABLE} ({_PROGRESS_COLUMNS}) VALUES {values} {_PROGRESS_CONFLICT}"
     )
-

@@ -1,6 +1,8 @@
 """Per-stream order (issue 12): a stream is (source, topic, key); positions are (epoch,
 sequence); stale positions are kept, not run; void announcements close gaps at once."""
 
+import json
+
 import pytest
 from django.db import connection
 
@@ -91,15 +93,22 @@ def _void(mid, sequence, voided, *, epoch=None):
     from inbox.processing import process_delivery
     from inbox_outbox.cloudevents import CONTENT_TYPE
 
-    extra = f',"sequenceepoch":"{epoch}"' if epoch else ""
-    body = (
-        '{"specversion":"1.0","id":"%s","source":"a","type":"test.effect",'
-        '"partitionkey":"k","sequence":"%d"%s,"voids":"%s","data":null}'
-        % (mid, sequence, extra, voided)
-    )
+    event = {
+        "specversion": "1.0",
+        "id": mid,
+        "source": "a",
+        "type": "test.effect",
+        "partitionkey": "k",
+        "sequence": str(sequence),
+        "voids": voided,
+        "data": None,
+    }
+    if epoch:
+        event["sequenceepoch"] = str(epoch)
     return outcome(
         process_delivery(
-            body.encode(), {"content_type": CONTENT_TYPE, "message_id": mid, "type": "test.effect"}
+            json.dumps(event).encode(),
+            {"content_type": CONTENT_TYPE, "message_id": mid, "type": "test.effect"},
         )
     )
 
