@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import router, transaction
-from django.db.models import Count, Min, Q, QuerySet
+from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from inbox_outbox.bulk import delete_in_batches
@@ -16,7 +17,7 @@ from inbox_outbox.conf import get_settings
 from inbox_outbox.operations import OperationResult
 
 from . import ordering
-from .models import InboxMessage, Status
+from .models import OPEN, InboxMessage, KeyProgress, Status
 from .processing import drain_stream, retry_row
 from .registry import registry
 
@@ -114,12 +115,33 @@ def purge(
 
 def purge_expired_retention() -> int:
     """The periodic retention purge: processed and rejected rows older than
-    ``RETENTION_DAYS`` (and never younger than the dedup window)."""
-    days = get_settings().retention_days
+    ``RETENTION_DAYS`` (and never younger than the dedup window), and stream progress idle
+    for longer than both (see :func:`purge_idle_progress`)."""
+    conf = get_settings()
+    days = conf.retention_days
     if days is None:
         return 0
     cutoff = timezone.now() - dt.timedelta(days=days)
-    return purge(InboxMessage.objects.filter(received_at__lt=cutoff)).done
+    purged = purge(InboxMessage.objects.filter(received_at__lt=cutoff)).done
+    idle = dt.timedelta(days=max(days, conf.dedup_window_days))
+    return purged + purge_idle_progress(idle=idle)
+
+
+def purge_idle_progress(*, idle: dt.timedelta, batch_size: int = PURGE_BATCH) -> int:
+    """Delete the progress rows of streams idle for longer than ``idle`` (on the database's
+    clock) that hold no waiting or failed message. Without this they grow by one row per key
+    forever. The stream's next message starts it afresh: a producer that purged its counter
+    meanwhile sends 1 of a new epoch, which runs at once; keep producers' ``RETENTION_DAYS``
+    at or below consumers' ``DEDUP_WINDOW_DAYS`` so that they do (``docs/operations.md``)."""
+    busy = InboxMessage.objects.filter(
+        consumer=OuterRef("consumer"),
+        source=OuterRef("source"),
+        topic=OuterRef("topic"),
+        key=OuterRef("key"),
+        status__in=OPEN,
+    )
+    idle_rows = KeyProgress.objects.filter(updated_at__lt=Now() - idle).exclude(Exists(busy))
+    return delete_in_batches(idle_rows, batch_size)
 
 
 def status() -> dict[str, Any]:

@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
+from django.db import connections, router, transaction
 from django.db.models import Count, Min, QuerySet
 from django.utils import timezone
 
@@ -14,7 +15,8 @@ from inbox_outbox.bulk import delete_in_batches
 from inbox_outbox.conf import get_settings
 from inbox_outbox.operations import OperationResult
 
-from .models import OutboxMessage, Status
+from . import sql
+from .models import OutboxMessage, Sequence, Status
 
 #: The statuses each operation applies to; rows in other statuses are skipped and counted.
 REPLAYABLE = (Status.SENT, Status.FAILED, Status.DEAD, Status.EXPIRED)
@@ -82,12 +84,36 @@ def purge(
 
 
 def purge_expired_retention() -> int:
-    """The periodic retention purge: sent/expired rows older than ``RETENTION_DAYS``."""
+    """The periodic retention purge: sent/expired rows older than ``RETENTION_DAYS``, and
+    the (topic, key) counters idle as long (see :func:`purge_idle_sequences`)."""
     days = get_settings().retention_days
     if days is None:
         return 0
     cutoff = timezone.now() - dt.timedelta(days=days)
-    return purge(OutboxMessage.objects.filter(created_at__lt=cutoff)).done
+    purged = purge(OutboxMessage.objects.filter(created_at__lt=cutoff)).done
+    return purged + purge_idle_sequences(idle_seconds=days * 86400)
+
+
+def purge_idle_sequences(*, idle_seconds: float, using: str | None = None) -> int:
+    """Delete the per-key counters not used for ``idle_seconds`` whose key has nothing
+    unsent. Without this they grow by one row per key forever; a purged key starts again at
+    sequence 1 in a new epoch, which consumers take for a restart (``docs/wire-format.md``)."""
+    alias = using or router.db_for_write(Sequence)
+    connection = connections[alias]
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
+        cursor.execute(sql.purge_idle_sequences(connection.vendor), [idle_seconds])
+        return max(int(cursor.rowcount), 0)
+
+
+def new_epoch(*, using: str | None = None) -> int:
+    """Start every per-key counter again at 1 in a new epoch: after restoring the outbox's
+    database from a backup, so consumers do not take the numbers handed out again for stale
+    ones. Returns how many counters moved."""
+    alias = using or router.db_for_write(Sequence)
+    connection = connections[alias]
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
+        cursor.execute(sql.new_epoch(connection.vendor))
+        return max(int(cursor.rowcount), 0)
 
 
 def status() -> dict[str, Any]:

@@ -90,14 +90,24 @@ def new_epoch(vendor: str) -> str:
     return f"UPDATE {SEQUENCE_TABLE} SET last = 0, epoch = {_EPOCH_NOW[vendor]}"
 
 
-#: Forget counters idle since before %s whose key has nothing unsent: the next publish of
-#: the key starts a new epoch. The publisher's ``INSERT … ON CONFLICT`` waits on a row being
-#: deleted and then inserts afresh, so a concurrent publish is never lost or duplicated.
-PURGE_IDLE_SEQUENCES = (
-    f"DELETE FROM {SEQUENCE_TABLE} WHERE updated_at < %s AND NOT EXISTS ("
-    f"SELECT 1 FROM {TABLE} m WHERE m.topic = {SEQUENCE_TABLE}.topic "
-    f"AND m.key = {SEQUENCE_TABLE}.key AND m.status IN ('pending', 'failed'))"
-)
+#: The database's clock minus %s seconds.
+_AGO = {
+    "postgresql": "now() - make_interval(secs => %s)",
+    "sqlite": "datetime('now', '-' || %s || ' seconds')",
+}
+
+
+@functools.cache
+def purge_idle_sequences(vendor: str) -> str:
+    """Forget counters idle for more than %s seconds (on the database's clock) whose key has
+    nothing unsent: the key's next publish starts a new epoch at 1. A publisher that bumps
+    the row meanwhile holds its lock, and the delete re-checks ``updated_at`` after it; one
+    that comes after the delete inserts afresh. No publish is lost or numbered twice."""
+    return (
+        f"DELETE FROM {SEQUENCE_TABLE} WHERE updated_at < {_AGO[vendor]} AND NOT EXISTS ("
+        f"SELECT 1 FROM {TABLE} m WHERE m.topic = {SEQUENCE_TABLE}.topic "
+        f"AND m.key = {SEQUENCE_TABLE}.key AND m.status IN ('pending', 'failed'))"
+    )
 
 #: Wait for the relay's nudge (PostgreSQL).
 LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
