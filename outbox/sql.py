@@ -109,6 +109,7 @@ def purge_idle_sequences(vendor: str) -> str:
         f"AND m.key = {SEQUENCE_TABLE}.key AND m.status IN ('pending', 'failed'))"
     )
 
+
 #: Wait for the relay's nudge (PostgreSQL).
 LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
 
