@@ -164,3 +164,43 @@ def test_ordering_decisions_have_one_owner():
     ]
     assert offenders == []
     assert connection.vendor == "postgresql"
+
+
+def test_idle_counters_and_progress_are_purged_by_retention_and_the_key_restarts(settings):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from inbox.operations import purge_expired_retention as purge_inbox
+    from outbox.operations import purge_expired_retention as purge_outbox
+
+    settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "RETENTION_DAYS": 1}
+    publish("test.effect", {}, key="idle")
+    publish("test.effect", {}, key="busy")
+    deliver_outbox()
+    publish("test.effect", {}, key="busy")  # unsent: its counter must stay
+    long_ago = timezone.now() - dt.timedelta(days=60)
+    Sequence.objects.update(updated_at=long_ago)
+    KeyProgress.objects.update(updated_at=long_ago)
+    purge_outbox()
+    purge_inbox()
+    assert set(Sequence.objects.values_list("key", flat=True)) == {"busy"}
+    assert not KeyProgress.objects.filter(key="idle").exists()
+    again = publish("test.effect", {}, key="idle")
+    assert again.sequence == 1
+    deliver_outbox()
+    assert status(str(again.id)) == Status.DONE
+
+
+def test_outbox_new_epoch_restarts_every_key_at_1_and_consumers_run_it():
+    from django.core.management import call_command
+
+    for _ in range(3):
+        publish("test.effect", {}, key="restored")
+    deliver_outbox()
+    before = Sequence.objects.get(key="restored").epoch
+    call_command("outbox_new_epoch")
+    after = publish("test.effect", {}, key="restored")
+    assert after.sequence == 1 and after.epoch > before
+    deliver_outbox()
+    assert status(str(after.id)) == Status.DONE and len(effects()) == 4
