@@ -15,7 +15,7 @@ from inbox_outbox.bulk import delete_in_batches
 from inbox_outbox.conf import get_settings
 from inbox_outbox.operations import OperationResult
 
-from . import sql
+from . import sql, voids
 from .models import OutboxMessage, Sequence, Status
 
 #: The statuses each operation applies to; rows in other statuses are skipped and counted.
@@ -52,15 +52,21 @@ def mark_dead(
     reason: str = "marked dead by an operator",
     dry_run: bool = False,
 ) -> OperationResult:
-    """Stop trying to publish the rows; they stay visible as dead."""
+    """Stop trying to publish the rows; they stay visible as dead, and the keyed ones among
+    them are announced void so that consumers do not wait for them (``outbox.voids``)."""
     total = queryset.count()
     applicable = queryset.filter(status__in=KILLABLE)
     if dry_run:
-        done = applicable.count()
-    else:
-        done = applicable.update(
-            status=Status.DEAD, lease_owner="", lease_until=None, last_error=reason
+        return OperationResult(applicable.count(), total - applicable.count())
+    alias = router.db_for_write(OutboxMessage)
+    with transaction.atomic(using=alias):
+        ids = list(applicable.using(alias).select_for_update().values_list("id", flat=True))
+        done = (
+            OutboxMessage.objects.using(alias)
+            .filter(id__in=ids, status__in=KILLABLE)
+            .update(status=Status.DEAD, lease_owner="", lease_until=None, last_error=reason)
         )
+        voids.announce(ids, using=alias)
     return OperationResult(done, total - done)
 
 

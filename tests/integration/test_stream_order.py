@@ -204,3 +204,24 @@ def test_outbox_new_epoch_restarts_every_key_at_1_and_consumers_run_it():
     assert after.sequence == 1 and after.epoch > before
     deliver_outbox()
     assert status(str(after.id)) == Status.DONE and len(effects()) == 4
+
+
+def test_a_keyed_message_marked_dead_at_the_producer_is_announced_void_and_its_successor_runs():
+    from outbox.operations import mark_dead
+
+    first = publish("test.effect", {}, key="gap")
+    second = publish("test.effect", {}, key="gap")
+    third = publish("test.effect", {}, key="gap")
+    mark_dead(OutboxMessage.objects.filter(id=second.id))
+    announcement = OutboxMessage.objects.get(voids=second.id)
+    assert (announcement.key, announcement.sequence, announcement.epoch) == (
+        "gap",
+        second.sequence,
+        second.epoch,
+    )
+    mark_dead(OutboxMessage.objects.filter(id=second.id))  # again: still one announcement
+    assert OutboxMessage.objects.filter(voids=second.id).count() == 1
+    deliver_outbox()
+    assert status(str(third.id)) == Status.DONE, "no ORDER_WAIT_SECONDS for a known gap"
+    assert status(str(announcement.id)) == Status.VOID
+    assert effects() == [str(first.id), str(third.id)]
