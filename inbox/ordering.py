@@ -128,6 +128,28 @@ def waiting_head(alias: str, stream: Stream) -> InboxMessage | None:
     )
 
 
+def dead_next(alias: str, stream: Stream, last: Position) -> InboxMessage | None:
+    """A dead row standing at the stream's next position, if there is one: an operator marked
+    it dead while it waited behind a gap, and now that its turn has come, the stream passes
+    over it (settling it) instead of waiting for it."""
+    following = Q(epoch=last.epoch, sequence=last.sequence + 1) | Q(
+        epoch__gt=last.epoch, sequence=1
+    )
+    return (
+        InboxMessage.objects.using(alias)
+        .filter(
+            following,
+            consumer=stream.consumer,
+            source=stream.source,
+            topic=stream.topic,
+            key=stream.key,
+            status=Status.DEAD,
+        )
+        .order_by("epoch")
+        .first()
+    )
+
+
 def stream_of_row(row: InboxMessage) -> Stream | None:
     """The stream of a stored row, or None for a keyless one."""
     if row.key is None or row.sequence is None:

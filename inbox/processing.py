@@ -482,6 +482,10 @@ def drain_stream(
                 row.save(using=alias, update_fields=["status", "last_error"])
                 settled += 1
                 continue
+            if verdict is Verdict.WAIT and (dead := ordering.dead_next(alias, stream, last)):
+                ordering.settle(alias, stream, ordering.position_of_row(dead))
+                settled += 1
+                continue
             if verdict is Verdict.WAIT:
                 age = _age_seconds(alias, row)
                 if force_after is None or age < force_after:

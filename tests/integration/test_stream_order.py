@@ -142,8 +142,11 @@ def test_marking_dead_a_waiting_row_that_is_not_the_head_does_not_advance_progre
     assert progress.last_sequence == 1, "2 and 3 have not arrived; they must still run"
     assert send("d2", 2) is Outcome.DONE
     assert send("d3", 3) is Outcome.DONE
+    # 4's turn has come: the stream passes over the dead row instead of waiting for it.
+    send("d5", 5)
+    assert status("d5") == Status.DONE
     retry_due()
-    assert effects() == ["d1", "d2", "d3"]
+    assert effects() == ["d1", "d2", "d3", "d5"]
 
 
 def test_ordering_decisions_have_one_owner():
