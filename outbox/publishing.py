@@ -95,12 +95,11 @@ def publish(
         )
     headers = dict(headers or {})
     now = timezone.now()
-    expires_at = None
+    ttl_seconds = None
     if ttl is not None:
-        seconds = ttl.total_seconds() if isinstance(ttl, dt.timedelta) else float(ttl)
-        if seconds <= 0:
+        ttl_seconds = ttl.total_seconds() if isinstance(ttl, dt.timedelta) else float(ttl)
+        if ttl_seconds <= 0:
             raise PublishError(f"ttl must be positive, got {ttl!r}.")
-        expires_at = now + dt.timedelta(seconds=seconds)
     new = NewMessage(
         topic=topic,
         key=key,
@@ -110,7 +109,7 @@ def publish(
         headers_json=_dumps(headers, "headers", topic) if headers else None,
         dedup_key=dedup_key,
         created_at=now,
-        expires_at=expires_at,
+        ttl_seconds=ttl_seconds,
     )
     if dedup_key is not None:
         return _insert_once(connection, alias, new)
@@ -133,7 +132,15 @@ class NewMessage:
     headers_json: str | None
     dedup_key: str | None
     created_at: dt.datetime
-    expires_at: dt.datetime | None
+    #: The TTL; the database adds it to its own clock, as it sets ``available_at``.
+    ttl_seconds: float | None
+
+    @property
+    def expires_at(self) -> dt.datetime | None:
+        """The expiry as this host estimates it (the stored one is on the database's clock)."""
+        if self.ttl_seconds is None:
+            return None
+        return self.created_at + dt.timedelta(seconds=self.ttl_seconds)
 
 
 def _insert_once(connection: Any, alias: str, new: NewMessage) -> OutboxMessage:
@@ -172,9 +179,8 @@ def _insert(connection: Any, alias: str, new: NewMessage) -> OutboxMessage:
         "payload": new.payload_json,
         "headers": new.headers_json,
         "dedup_key": new.dedup_key,
-        "available_at": now_db,
         "created_at": now_db,
-        "expires_at": ops.adapt_datetimefield_value(new.expires_at) if new.expires_at else None,
+        "expires_at": new.ttl_seconds,
     }
     absent = frozenset(c for c in sql.ABSENT_VALUES if row[c] is None)
     statement = sql.insert_message(vendor, notify=notify, absent=absent)

@@ -25,10 +25,12 @@ INSERT_VALUES = {
     "dedup_key": "%s",
     "status": "'pending'",
     "attempts": "0",
-    "available_at": "%s",
+    # Due now on the database's clock: the relay compares it with its now(), never with
+    # the publishing host's clock.
+    "available_at": "CURRENT_TIMESTAMP",
     "lease_owner": "''",
     "created_at": "%s",
-    "expires_at": "%s",
+    "expires_at": "%s",  # a TTL in seconds; the vendor's expression makes it a time
     "last_error": "''",
 }
 
@@ -44,6 +46,13 @@ ABSENT_VALUES = {
 }
 
 
+#: The database's clock plus %s seconds.
+_IN_SECONDS = {
+    "postgresql": "now() + make_interval(secs => %s)",
+    "sqlite": "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', '+' || %s || ' seconds')",
+}
+
+
 @functools.cache
 def insert_message(vendor: str, *, notify: bool, absent: frozenset[str] = frozenset()) -> str:
     """``INSERT`` one outbox row, with the columns in ``absent`` left at their literal; on
@@ -52,6 +61,8 @@ def insert_message(vendor: str, *, notify: bool, absent: frozenset[str] = frozen
         column: ABSENT_VALUES[column] if column in absent else sql
         for column, sql in INSERT_VALUES.items()
     }
+    if "expires_at" not in absent:
+        values["expires_at"] = _IN_SECONDS[vendor]
     if vendor == "postgresql":
         values["payload"] = "%s::jsonb"
         if "headers" not in absent:
