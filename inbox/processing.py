@@ -23,7 +23,8 @@ from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, router, transaction
-from django.utils import timezone
+from django.db.models import F
+from django.db.models.functions import Now
 
 from inbox_outbox.backoff import backoff_seconds
 from inbox_outbox.conf import get_settings
@@ -66,13 +67,11 @@ def _insert(
     attempts: int = 1,
     error: str = "",
     trace: str = "",
-    next_attempt_at: dt.datetime | None = None,
+    retry_in: float | None = None,
     topic: str = "",
 ) -> bool:
     """Insert an inbox row unless (consumer, message id) exists; return whether it did."""
     connection = connections[alias]
-    ops = connection.ops
-    now = ops.adapt_datetimefield_value(timezone.now())
     env = envelope
     params = [
         consumer,
@@ -88,9 +87,8 @@ def _insert(
         raw,
         status,
         attempts,
-        now,
-        now if status == Status.DONE else None,
-        ops.adapt_datetimefield_value(next_attempt_at) if next_attempt_at else None,
+        status == Status.DONE,  # processed_at: now, on the database's clock
+        retry_in,  # next_attempt_at: that many seconds from the database's now
         error,
         trace,
     ]
@@ -124,8 +122,8 @@ def _message(env: Envelope, attempt: int) -> Message:
     )
 
 
-def _failure(handler: Handler, exc: Exception, attempt: int) -> tuple[str, dt.datetime | None]:
-    """The status and next attempt time after ``attempt`` failed with ``exc``."""
+def _failure(handler: Handler, exc: Exception, attempt: int) -> tuple[str, float | None]:
+    """The status after ``attempt`` failed with ``exc``, and in how many seconds to retry."""
     conf = get_settings()
     limit = handler.max_attempts or conf.inbox_max_attempts
     if isinstance(exc, DoNotRetry) or attempt >= limit:
@@ -134,7 +132,12 @@ def _failure(handler: Handler, exc: Exception, attempt: int) -> tuple[str, dt.da
         delay = exc.seconds
     else:
         delay = backoff_seconds(attempt, conf.inbox_backoff_base, conf.inbox_backoff_max)
-    return Status.FAILED, timezone.now() + dt.timedelta(seconds=delay)
+    return Status.FAILED, delay
+
+
+def _due_in(seconds: float | None) -> Any:
+    """The database's clock plus ``seconds``, as an expression for ``save()``."""
+    return None if seconds is None else Now() + dt.timedelta(seconds=seconds)
 
 
 def _describe(exc: Exception) -> tuple[str, str]:
@@ -365,7 +368,7 @@ def _record_failure(
             attempts=1,
             error=error,
             trace=trace,
-            next_attempt_at=next_at,
+            retry_in=next_at,
         ):
             # A concurrent delivery got there first; leave its (possibly processed) row alone.
             return Outcome.DUPLICATE
@@ -416,7 +419,7 @@ def _run_stored(alias: str, handler: Handler, row: InboxMessage) -> Outcome:
     except Exception as exc:
         status, next_at = _failure(handler, exc, attempt)
         row.last_error, row.traceback = _describe(exc)
-        row.status, row.attempts, row.next_attempt_at = status, attempt, next_at
+        row.status, row.attempts, row.next_attempt_at = status, attempt, _due_in(next_at)
         row.save(
             using=alias,
             update_fields=["status", "attempts", "next_attempt_at", "last_error", "traceback"],
@@ -432,7 +435,7 @@ def _run_stored(alias: str, handler: Handler, row: InboxMessage) -> Outcome:
         )
         outcome = Outcome.DEAD
     else:
-        row.status, row.attempts, row.processed_at = Status.DONE, attempt, timezone.now()
+        row.status, row.attempts, row.processed_at = Status.DONE, attempt, Now()
         row.next_attempt_at = None
         row.raw_body = None
         row.save(
@@ -511,9 +514,6 @@ def drain_stream(
 
 def _age_seconds(alias: str, row: InboxMessage) -> float:
     """How long ``row`` has been stored, on the database's clock."""
-    from django.db.models import F
-    from django.db.models.functions import Now
-
     age = (
         InboxMessage.objects.using(alias)
         .filter(pk=row.pk)
@@ -528,11 +528,10 @@ def retry_due(*, using: str | None = None, limit: int = 500) -> int:
     """Retry failed rows whose time has come and unblock stale waiting keys."""
     conf = get_settings()
     alias = _alias(using)
-    now = timezone.now()
     settled = 0
     due = list(
         InboxMessage.objects.using(alias)
-        .filter(status=Status.FAILED, next_attempt_at__lte=now)
+        .filter(status=Status.FAILED, next_attempt_at__lte=Now())
         .order_by("next_attempt_at")
         .values_list("id", "consumer")[:limit]
     )

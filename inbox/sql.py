@@ -32,12 +32,28 @@ ROW_COLUMNS = (
 _JSON_COLUMNS = ("payload", "headers")
 
 
+#: The database's clock plus %s seconds (NULL stays NULL).
+_IN_SECONDS = {
+    "postgresql": "now() + make_interval(secs => %s)",
+    "sqlite": "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', '+' || %s || ' seconds')",
+}
+
+
 @functools.cache
 def insert_row_unless_seen(vendor: str) -> str:
     """Insert an inbox row unless (consumer, message id) has one; ``RETURNING id`` tells
     which happened. The unique index is the dedup: a concurrent duplicate waits on it."""
     cast = "::jsonb" if vendor == "postgresql" else ""
-    values = ", ".join(f"%s{cast}" if c in _JSON_COLUMNS else "%s" for c in ROW_COLUMNS)
+    special = {
+        # Times on the database's clock, which the sweep and the waiting checks compare
+        # with: the receiving host's clock never enters.
+        "received_at": "CURRENT_TIMESTAMP",
+        "processed_at": "CASE WHEN %s THEN CURRENT_TIMESTAMP END",
+        "next_attempt_at": _IN_SECONDS[vendor],
+    }
+    values = ", ".join(
+        special.get(c, f"%s{cast}" if c in _JSON_COLUMNS else "%s") for c in ROW_COLUMNS
+    )
     columns = ", ".join(f'"{c}"' for c in ROW_COLUMNS)
     return (
         f"INSERT INTO {TABLE} ({columns}) VALUES ({values}) "
