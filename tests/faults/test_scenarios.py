@@ -222,20 +222,22 @@ def test_duplicate_storm(system, names, broker_url):
             fresh = [
                 m
                 for m in OutboxMessage.objects.sent().values(
-                    "id", "topic", "key", "sequence", "payload"
+                    "id", "topic", "key", "sequence", "epoch", "payload"
                 )
                 if m["id"] not in seen
             ]
             for m in fresh:
                 seen.add(m["id"])
+                # A duplicate is the same message: same id, source and position.
                 body = {
                     "specversion": "1.0",
                     "id": str(m["id"]),
-                    "source": "storm",
+                    "source": names.service,
                     "type": m["topic"],
                     "datacontenttype": "application/json",
                     "partitionkey": m["key"],
                     "sequence": str(m["sequence"]),
+                    "sequenceepoch": str(m["epoch"]),
                     "data": m["payload"],
                 }
                 for _ in range(3):
