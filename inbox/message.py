@@ -11,7 +11,8 @@ from typing import Any
 class Message:
     """One message, as handed to a handler.
 
-    ``data`` is the payload; ``attempt`` counts from 1 and grows with each retry.
+    ``data`` is the payload; ``attempt`` counts from 1 and grows with each retry. A keyed
+    message's position in its producer's stream is (``epoch``, ``sequence``).
     """
 
     id: str
@@ -23,3 +24,4 @@ class Message:
     source: str = ""
     time: dt.datetime | None = None
     attempt: int = 1
+    epoch: int = 0

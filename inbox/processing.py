@@ -119,6 +119,7 @@ def _message(env: Envelope, attempt: int) -> Message:
         source=env.source,
         time=env.time,
         attempt=attempt,
+        epoch=env.epoch,
     )
 
 

@@ -212,12 +212,15 @@ def check_books(
         assert not missing, f"{consumer}: {len(missing)} committed messages had no effect"
         assert set(effects) <= set(committed), f"{consumer}: effects for uncommitted messages"
         assert not (set(effects) & dead), f"{consumer}: a dead message had an effect"
-    # 4. Per-key order: each key's effects in handling order carry increasing sequences.
-    sequences: dict[str, list[int]] = defaultdict(list)
-    for key, seq in (
-        Effect.objects.filter(consumer="effect").order_by("id").values_list("key", "sequence")
+    # 4. Per-key order: each key's effects in handling order carry increasing positions
+    #    (epoch, sequence): a counter restarted in a new epoch counts from 1 again.
+    sequences: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for key, epoch, seq in (
+        Effect.objects.filter(consumer="effect")
+        .order_by("id")
+        .values_list("key", "epoch", "sequence")
     ):
-        sequences[key].append(seq)
+        sequences[key].append((epoch, seq))
     for key, seen in sequences.items():
         assert seen == sorted(seen), f"key {key} handled out of order"
     # 5. The inbox holds nothing stuck; dead only where expected.

@@ -27,7 +27,11 @@ def record_effect(message: Message) -> None:
     if data.get("retry_after") and message.attempt == 1:
         raise RetryAfter(float(data["retry_after"]))
     Effect.objects.create(
-        consumer="effect", message_id=message.id, key=message.key, sequence=message.sequence
+        consumer="effect",
+        message_id=message.id,
+        key=message.key,
+        sequence=message.sequence,
+        epoch=message.epoch,
     )
 
 

@@ -10,6 +10,7 @@ class Effect(models.Model):
     message_id = models.CharField(max_length=64)
     key = models.CharField(max_length=255, null=True)
     sequence = models.BigIntegerField(null=True)
+    epoch = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
 
