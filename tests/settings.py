@@ -22,3 +22,15 @@ import json  # noqa: E402
 for _name, _value in os.environ.items():
     if _name.startswith("INBOX_OUTBOX_"):
         INBOX_OUTBOX[_name.removeprefix("INBOX_OUTBOX_")] = json.loads(_value)
+
+# A process under test may run with its application clock skewed: CLOCK_SKEW_SECONDS shifts
+# django.utils.timezone.now, which the library would use if it compared times on the
+# application's clock (it must not: the database's clock decides).
+if os.environ.get("CLOCK_SKEW_SECONDS"):
+    import datetime as _dt
+
+    from django.utils import timezone as _timezone
+
+    _skew = _dt.timedelta(seconds=float(os.environ["CLOCK_SKEW_SECONDS"]))
+    _real_now = _timezone.now
+    _timezone.now = lambda: _real_now() + _skew
