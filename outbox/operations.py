@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import connections, router, transaction
-from django.db.models import Count, Min, QuerySet
+from django.db.models import Count, Exists, Min, OuterRef, QuerySet
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from inbox_outbox.bulk import delete_in_batches
@@ -16,7 +17,7 @@ from inbox_outbox.conf import get_settings
 from inbox_outbox.operations import OperationResult
 
 from . import sql, voids
-from .models import OutboxMessage, Sequence, Status
+from .models import UNSENT, OutboxMessage, Sequence, Status
 
 #: The statuses each operation applies to; rows in other statuses are skipped and counted.
 REPLAYABLE = (Status.SENT, Status.FAILED, Status.DEAD, Status.EXPIRED)
@@ -100,15 +101,43 @@ def purge_expired_retention() -> int:
     return purged + purge_idle_sequences(idle_seconds=days * 86400)
 
 
-def purge_idle_sequences(*, idle_seconds: float, using: str | None = None) -> int:
-    """Delete the per-key counters not used for ``idle_seconds`` whose key has nothing
-    unsent. Without this they grow by one row per key forever; a purged key starts again at
-    sequence 1 in a new epoch, which consumers take for a restart (``docs/wire-format.md``)."""
+def purge_idle_sequences(
+    *, idle_seconds: float, using: str | None = None, batch_size: int = PURGE_BATCH
+) -> int:
+    """Delete the per-key counters not used for ``idle_seconds`` (on the database's clock)
+    whose key has nothing unsent. Without this they grow by one row per key forever; a purged
+    key starts again at sequence 1 in a new epoch, which consumers take for a restart
+    (``docs/wire-format.md``).
+
+    Each step first locks idle counters (skipping any a publisher holds), then deletes those
+    whose key has nothing unsent in a second statement, whose snapshot sees every message
+    that bumped them before the lock: a counter is never purged under a message that is
+    still to be sent, which the restarted epoch could overtake.
+    """
     alias = using or router.db_for_write(Sequence)
-    connection = connections[alias]
-    with transaction.atomic(using=alias), connection.cursor() as cursor:
-        cursor.execute(sql.purge_idle_sequences(connection.vendor), [idle_seconds])
-        return max(int(cursor.rowcount), 0)
+    unsent = OutboxMessage.objects.using(alias).filter(
+        topic=OuterRef("topic"), key=OuterRef("key"), status__in=UNSENT
+    )
+    purged = 0
+    while True:
+        with transaction.atomic(using=alias):
+            idle = list(
+                Sequence.objects.using(alias)
+                .filter(updated_at__lt=Now() - dt.timedelta(seconds=idle_seconds))
+                .order_by()
+                .select_for_update(skip_locked=True)
+                .values_list("id", flat=True)[:batch_size]
+            )
+            if not idle:
+                return purged
+            purged += (
+                Sequence.objects.using(alias)
+                .filter(id__in=idle)
+                .exclude(Exists(unsent))
+                .delete()[0]
+            )
+        if len(idle) < batch_size:
+            return purged
 
 
 def new_epoch(*, using: str | None = None) -> int:

@@ -101,26 +101,6 @@ def new_epoch(vendor: str) -> str:
     return f"UPDATE {SEQUENCE_TABLE} SET last = 0, epoch = {_EPOCH_NOW[vendor]}"
 
 
-#: The database's clock minus %s seconds.
-_AGO = {
-    "postgresql": "now() - make_interval(secs => %s)",
-    "sqlite": "datetime('now', '-' || %s || ' seconds')",
-}
-
-
-@functools.cache
-def purge_idle_sequences(vendor: str) -> str:
-    """Forget counters idle for more than %s seconds (on the database's clock) whose key has
-    nothing unsent: the key's next publish starts a new epoch at 1. A publisher that bumps
-    the row meanwhile holds its lock, and the delete re-checks ``updated_at`` after it; one
-    that comes after the delete inserts afresh. No publish is lost or numbered twice."""
-    return (
-        f"DELETE FROM {SEQUENCE_TABLE} WHERE updated_at < {_AGO[vendor]} AND NOT EXISTS ("
-        f"SELECT 1 FROM {TABLE} m WHERE m.topic = {SEQUENCE_TABLE}.topic "
-        f"AND m.key = {SEQUENCE_TABLE}.key AND m.status IN ('pending', 'failed'))"
-    )
-
-
 #: Wait for the relay's nudge (PostgreSQL).
 LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
 
