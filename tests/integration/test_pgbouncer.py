@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -100,22 +99,20 @@ def _pooled_servers() -> set[int]:
 
 
 def _end_server_sessions() -> None:
-    """End every server session on the test database but ours, as PgBouncer's server_lifetime,
-    a failover or a restart does; the pooler opens new ones when asked."""
-    with connection.cursor() as cursor:
-        # One statement: behind the pooler, our next one may run on another server session.
-        cursor.execute(
-            "SELECT array_agg(pid) FILTER (WHERE pg_terminate_backend(pid)) "
-            "FROM unnest(%s::int[]) pid WHERE pid <> pg_backend_pid()",
-            [list(_pooled_servers())],
-        )
-        ended = set(cursor.fetchone()[0] or [])
+    """End every server session PgBouncer holds on the test database, as its
+    server_lifetime, a failover or a restart does; the pooler opens new ones when asked."""
+    s = connection.settings_dict
+    direct = {"host": "127.0.0.1", "port": 5432, **s.get("TEST", {}).get("DIRECT", {})}
+    # On a connection of our own, not through the pooler: there the statement could run on
+    # the very server session it is meant to end, and spare it.
+    with psycopg.connect(dbname=s["NAME"], user="postgres", autocommit=True, **direct) as own:
+        pids = list(_pooled_servers())
+        own.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", [pids])
     wait_until(
-        lambda: not (_pooled_servers() & ended),
+        lambda: not (_pooled_servers() & set(pids)),
         timeout=10,
         message="PgBouncer to drop the ended server sessions",
     )
-    time.sleep(0.1)
 
 
 def _stored(answer: dict[str, str]) -> dict[str, object]:
