@@ -29,10 +29,22 @@ from inbox_outbox.conf import get_settings
 from .exceptions import StatementLost
 
 #: Errors that mean the server session is not the one the statement was prepared on (a
-#: pooler in transaction mode, DISCARD ALL, DEALLOCATE): invalid_sql_statement_name,
-#: duplicate_prepared_statement, and protocol_violation, which poolers answer prepared
-#: statements with.
-POOLER_SQLSTATES = frozenset({"26000", "42P05", "08P01"})
+#: pooler in transaction mode, DISCARD ALL, DEALLOCATE): invalid_sql_statement_name and
+#: duplicate_prepared_statement.
+POOLER_SQLSTATES = frozenset({"26000", "42P05"})
+#: protocol_violation: what PgBouncer (1.21+, tracking prepared statements) answers about
+#: them, but also what it says when a server connection dies ("server conn crashed?"),
+#: which is an outage, not a lost statement: only the former counts.
+PROTOCOL_VIOLATION = "08P01"
+
+
+def lost_statement(exc: BaseException | None) -> bool:
+    """Whether a database error says that a prepared statement is missing from, or already
+    in, the server session (see :data:`POOLER_SQLSTATES`)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate in POOLER_SQLSTATES:
+        return True
+    return sqlstate == PROTOCOL_VIOLATION and "prepared statement" in str(exc)
 
 
 class Session:
@@ -162,7 +174,7 @@ class Session:
 
     def _check_prepared(self, exc: BaseException | None) -> None:
         """Turn a lost or foreign prepared statement into an error that says what to set."""
-        if getattr(exc, "sqlstate", None) in POOLER_SQLSTATES:
+        if lost_statement(exc):
             self.executes.clear()
             raise StatementLost(
                 "publish()'s prepared statement is not in this database session (a "
