@@ -255,3 +255,20 @@ def test_a_key_given_twice_in_different_case_is_an_error_not_a_coin_toss(setting
     assert error.id == "inbox_outbox.E015" and "'SERVICE'" in error.msg and "'service'" in error.msg
     with pytest.raises(ConfigurationError):
         get_settings()
+
+
+def test_a_database_behind_a_transaction_pooler_without_a_listen_dsn_is_a_warning(
+    settings, monkeypatch
+):
+    from django.db import connection
+
+    from outbox.checks import check_listener
+
+    settings.INBOX_OUTBOX = {"SERVICE": "billing"}
+    monkeypatch.setitem(connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", False)
+    assert check_listener() == []
+    monkeypatch.setitem(connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", True)
+    [warning] = check_listener()
+    assert warning.id == "inbox_outbox.W002" and "RELAY_LISTEN_DSN" in warning.hint
+    settings.INBOX_OUTBOX = {"SERVICE": "billing", "RELAY_LISTEN_DSN": "host=db port=5432"}
+    assert check_listener() == []
