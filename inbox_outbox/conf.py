@@ -68,6 +68,7 @@ class Settings:
     relay_backoff_base: float = 2.0
     relay_backoff_max: float = 3600.0
     unroutable: str = "retry"
+    relay_listen_dsn: str | None = None
 
     # Inbox: consuming.
     queue_prefix: str = ""
@@ -208,6 +209,26 @@ def _broker_url(value: Any) -> str | None:
     return f"must be a broker URL string (or None to use CELERY_BROKER_URL), got {_show(value)}"
 
 
+def _listen_dsn(value: Any) -> str | None:
+    if value is None:
+        return None
+    wrong = (
+        f'must be None or a libpq connection string or URL (e.g. "host=db port=5432"), '
+        f"got {_show(value)}"
+    )
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        return wrong
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:  # no psycopg 3: the relay cannot listen anyway
+        return None
+    try:
+        conninfo_to_dict(value)
+    except Exception as exc:
+        return f"{wrong}: {exc}".strip()
+    return None
+
+
 def _retention(value: Any) -> str | None:
     if value is None:
         return None
@@ -235,6 +256,7 @@ RULES: dict[str, Rule] = {
     "relay_backoff_base": (_number(), _NUMBER),
     "relay_backoff_max": (_number(), _NUMBER),
     "unroutable": (_choice(UNROUTABLE_POLICIES), "inbox_outbox.E001"),
+    "relay_listen_dsn": (_listen_dsn, "inbox_outbox.E016"),
     "queue_prefix": (_amqp_name(empty=True), "inbox_outbox.E014"),
     "consume_in_worker": (_boolean, _BOOLEAN),
     # AMQP's prefetch count is a 16-bit field.
@@ -257,6 +279,9 @@ _HINTS = {
     "service": 'Name the service, e.g. INBOX_OUTBOX = {"SERVICE": "billing"}: it becomes the '
     "CloudEvents source, the queue name and the prefix of every consumer. Two services left "
     "on one name would share a queue and each other's dedup records.",
+    "relay_listen_dsn": "Give the relay a direct connection to PostgreSQL for LISTEN, e.g. "
+    '"host=db-primary port=5432" (parameters left out come from the database\'s settings), '
+    "or remove the key to listen on the database's own connection settings.",
     "broker_url": "Give an AMQP URL such as amqp://user:password@rabbitmq:5672//, or remove "
     "the key to use CELERY_BROKER_URL.",
 }

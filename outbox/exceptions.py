@@ -22,9 +22,10 @@ class NotInTransaction(PublishError):
 
 
 class StatementLost(OutboxError, ProgrammingError):
-    """Raised when ``publish()``'s prepared statement has vanished from the database session
-    (a connection pooler in transaction mode, or ``DISCARD ALL``). The transaction fails, as
-    on any database error; the next one prepares the statement again."""
+    """Raised when ``publish()``'s prepared statement is not in the database session it runs
+    on (a connection pooler in transaction mode, or ``DISCARD ALL``). The transaction fails,
+    as on any database error; the next one prepares the statement again. The message says
+    what to set: ``DISABLE_SERVER_SIDE_CURSORS`` on the database, or ``PREPARE_STATEMENTS``."""
 
 
 class BrokerUnavailable(OutboxError):

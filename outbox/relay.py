@@ -32,9 +32,9 @@ from inbox_outbox.backoff import backoff_seconds
 from inbox_outbox.cloudevents import Outgoing
 from inbox_outbox.conf import broker_url, get_settings
 
-from . import sql
 from .exceptions import BrokerUnavailable
 from .lease import LeaseKeeper
+from .listening import open_listener
 from .models import UNSENT, OutboxMessage, Status
 from .publisher import BatchResult, Publisher, make_publisher
 
@@ -403,13 +403,7 @@ class Relay:
             self.close()
 
     def _listen(self):  # type: ignore[no-untyped-def]
-        wrapper = connections[self.using]
-        if wrapper.vendor != "postgresql":
-            return None
-        conn = wrapper.get_new_connection(wrapper.get_connection_params())
-        conn.autocommit = True
-        conn.execute(sql.LISTEN)
-        return conn
+        return open_listener(connections[self.using])
 
     def _wait(self, listener, timeout: float, stop: threading.Event):  # type: ignore[no-untyped-def]
         if listener is None:

@@ -5,7 +5,11 @@ On PostgreSQL (unless turned off, see ``PREPARE_STATEMENTS`` and ``DEFER_INSERTS
 
 - Each statement is prepared once per connection (``PREPARE``; then ``EXECUTE``). Parsing and
   planning a 14-column insert into an indexed table costs about as much as running it.
-  ``PREPARE`` is not transactional: a rollback keeps the statement.
+  ``PREPARE`` is not transactional: a rollback keeps the statement. A statement is named
+  for its text (a hash of it), so that a statement of that name in any database session,
+  prepared by any process, is the same statement: behind a connection pooler that hands a
+  transaction another client's server session, ``EXECUTE`` either runs our statement or
+  finds none (``StatementLost``), never another statement that happens to share a name.
 - Inside ``transaction.atomic()``, an outbox row is held until the connection's next round
   trip: it goes in front of the next statement (an execute wrapper) or in the same round trip
   as ``COMMIT``. Nothing can tell the difference: a later query in the transaction, a
@@ -15,16 +19,32 @@ On PostgreSQL (unless turned off, see ``PREPARE_STATEMENTS`` and ``DEFER_INSERTS
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 from typing import Any
 
-from django.db import ProgrammingError
+from django.db import DatabaseError
 
 from inbox_outbox.conf import get_settings
 
 from .exceptions import StatementLost
 
-_statement_numbers = itertools.count()
+#: Errors that mean the server session is not the one the statement was prepared on (a
+#: pooler in transaction mode, DISCARD ALL, DEALLOCATE): invalid_sql_statement_name and
+#: duplicate_prepared_statement.
+POOLER_SQLSTATES = frozenset({"26000", "42P05"})
+#: protocol_violation: what PgBouncer (1.21+, tracking prepared statements) answers about
+#: them, but also what it says when a server connection dies ("server conn crashed?"),
+#: which is an outage, not a lost statement: only the former counts.
+PROTOCOL_VIOLATION = "08P01"
+
+
+def lost_statement(exc: BaseException | None) -> bool:
+    """Whether a database error says that a prepared statement is missing from, or already
+    in, the server session (see :data:`POOLER_SQLSTATES`)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate in POOLER_SQLSTATES:
+        return True
+    return sqlstate == PROTOCOL_VIOLATION and "prepared statement" in str(exc)
 
 
 class Session:
@@ -63,9 +83,10 @@ class Session:
         if not self.prepare:
             self.cursor.execute(sql, params)
             return
+        statement = self._prepared(sql, len(params))
         try:
-            self.cursor.execute(self._prepared(sql, len(params)), params)
-        except ProgrammingError as exc:
+            self.cursor.execute(statement, params)
+        except DatabaseError as exc:
             self._check_prepared(exc.__cause__)
             raise
 
@@ -107,7 +128,7 @@ class Session:
         try:
             with self.connection.wrap_database_errors:
                 self.cursor.cursor.execute("; ".join(statements), params)
-        except ProgrammingError as exc:
+        except DatabaseError as exc:
             self._check_prepared(exc.__cause__)
             raise
         return True
@@ -139,25 +160,49 @@ class Session:
     def _prepared(self, sql: str, count: int) -> str:
         execute = self.executes.get(sql)
         if execute is None:
-            # Never reused, so a name forgotten after an error cannot collide on the server.
-            name = f"inbox_outbox_{next(_statement_numbers)}"
+            name = statement_name(sql)
             numbered = sql
             for n in range(1, count + 1):
                 numbered = numbered.replace("%s", f"${n}", 1)
-            self.cursor.execute(f"PREPARE {name} AS {numbered}")
+            try:
+                self.cursor.execute(_prepare_once(name, numbered))
+            except DatabaseError as exc:
+                self._check_prepared(exc.__cause__)
+                raise
             execute = self.executes[sql] = f"EXECUTE {name}({', '.join(['%s'] * count)})"
         return execute
 
     def _check_prepared(self, exc: BaseException | None) -> None:
-        """Turn "prepared statement does not exist" into an error that says what to do."""
-        if getattr(exc, "sqlstate", None) == "26000":  # invalid_sql_statement_name
+        """Turn a lost or foreign prepared statement into an error that says what to set."""
+        if lost_statement(exc):
             self.executes.clear()
             raise StatementLost(
-                "publish()'s prepared statement is gone from the database session (a "
-                "connection pooler or DISCARD ALL / DEALLOCATE removed it); this "
-                "transaction failed and the next one prepares it again. Behind a pooler in "
-                'transaction mode, set INBOX_OUTBOX["PREPARE_STATEMENTS"] = False.'
+                "publish()'s prepared statement is not in this database session (a "
+                "connection pooler in transaction mode hands each transaction another "
+                "server session, or DISCARD ALL / DEALLOCATE removed it): "
+                f"{str(exc).strip()}. This transaction failed; the next one prepares the "
+                "statement again. Behind a pooler in transaction mode such as PgBouncer, set "
+                '"DISABLE_SERVER_SIDE_CURSORS": True on the database (Django asks for it '
+                'there anyway) or INBOX_OUTBOX["PREPARE_STATEMENTS"] = False.'
             ) from exc
+
+
+def statement_name(sql: str) -> str:
+    """The prepared statement's name: a hash of its text, the same in every process."""
+    return f"inbox_outbox_{hashlib.blake2b(sql.encode(), digest_size=12).hexdigest()}"
+
+
+def _prepare_once(name: str, sql: str) -> str:
+    """``PREPARE`` unless this session has a statement of that name, which, named for its
+    text, is this one (another connection object on this session, or another client of a
+    pooler, prepared it). Never fails with "already exists", which would abort the
+    caller's transaction."""
+    assert "$inbox_outbox$" not in sql and "$do$" not in sql
+    return (
+        "DO $do$ BEGIN IF NOT EXISTS (SELECT FROM pg_prepared_statements WHERE name = "
+        f"'{name}') THEN EXECUTE $inbox_outbox$PREPARE {name} AS {sql}$inbox_outbox$; "
+        "END IF; END $do$"
+    )
 
 
 def _prepares(connection: Any) -> bool:

@@ -2,19 +2,46 @@
 
 ``DATABASE_URL`` and ``CELERY_BROKER_URL`` may point elsewhere; pytest-django
 creates ``test_<name>`` from the database named here.
+
+Behind a pooler in transaction mode (``bin/pgbouncer``; ``DATABASE_URL`` on port 6432, or
+``DATABASE_DIRECT_URL`` set): the database gets Django's marker for such a pooler
+(``DISABLE_SERVER_SIDE_CURSORS``, which also keeps ``publish()`` from preparing statements),
+the test database is created and dropped on a direct connection, with ``FORCE`` (the pooler
+keeps sessions on it), and the relay listens on ``DATABASE_DIRECT_URL``'s server
+(``RELAY_LISTEN_DSN``), as a deployment would.
 """
 
 import os
+from urllib.parse import urlsplit
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/inbox_outbox")
 os.environ.setdefault("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 from project.settings import *  # noqa: F403
-from project.settings import INBOX_OUTBOX, INSTALLED_APPS
+from project.settings import DATABASES, INBOX_OUTBOX, INSTALLED_APPS
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 INBOX_OUTBOX = {**INBOX_OUTBOX, "SERVICE": os.environ.get("SERVICE_NAME", "tests")}
+
+#: The port bin/pgbouncer listens on.
+PGBOUNCER_PORT = 6432
+_url = urlsplit(os.environ["DATABASE_URL"])
+if _url.port == PGBOUNCER_PORT:
+    os.environ.setdefault(
+        "DATABASE_DIRECT_URL",
+        _url._replace(netloc=_url.netloc.rsplit(":", 1)[0] + ":5432").geturl(),
+    )
+if os.environ.get("DATABASE_DIRECT_URL"):
+    _direct = urlsplit(os.environ["DATABASE_DIRECT_URL"])
+    _server = {"host": _direct.hostname, "port": _direct.port or 5432}
+    DATABASES["default"] |= {
+        "ENGINE": "tests.pooled_postgresql",
+        "DISABLE_SERVER_SIDE_CURSORS": True,
+        "TEST": {**DATABASES["default"].get("TEST", {}), "DIRECT": _server},
+    }
+    # Host and port only: the database name is the test database's, from DATABASES.
+    INBOX_OUTBOX["RELAY_LISTEN_DSN"] = f"host={_server['host']} port={_server['port']}"
 
 # Subprocesses started by the tests take overrides as INBOX_OUTBOX_<KEY>=<JSON value>.
 import json  # noqa: E402

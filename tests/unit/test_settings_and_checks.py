@@ -58,6 +58,9 @@ def test_an_unknown_key_is_a_warning_naming_it(settings):
         ({"INBOX_BATCH_SIZE": -1}, "inbox_outbox.E004"),
         ({"PREPARE_STATEMENTS": "yes"}, "inbox_outbox.E006"),
         ({"DEFER_INSERTS": None}, "inbox_outbox.E007"),
+        ({"RELAY_LISTEN_DSN": 5432}, "inbox_outbox.E016"),
+        ({"RELAY_LISTEN_DSN": ""}, "inbox_outbox.E016"),
+        ({"RELAY_LISTEN_DSN": "host=db port"}, "inbox_outbox.E016"),
     ],
 )
 def test_a_bad_value_is_an_error_with_a_hint(settings, override, error):
@@ -65,6 +68,13 @@ def test_a_bad_value_is_an_error_with_a_hint(settings, override, error):
     messages = check_settings()
     assert error in ids(messages)
     assert all(m.hint for m in messages)
+
+
+@pytest.mark.parametrize("dsn", [None, "host=db-primary port=5432", "postgres://db-primary:5432"])
+def test_a_listen_dsn_libpq_can_read_is_accepted(settings, dsn):
+    settings.INBOX_OUTBOX = {"SERVICE": "billing", "RELAY_LISTEN_DSN": dsn}
+    assert check_settings() == []
+    assert get_settings().relay_listen_dsn == dsn
 
 
 def test_a_setting_that_is_not_a_dict_is_an_error_that_shows_the_fix(settings):
@@ -245,3 +255,20 @@ def test_a_key_given_twice_in_different_case_is_an_error_not_a_coin_toss(setting
     assert error.id == "inbox_outbox.E015" and "'SERVICE'" in error.msg and "'service'" in error.msg
     with pytest.raises(ConfigurationError):
         get_settings()
+
+
+def test_a_database_behind_a_transaction_pooler_without_a_listen_dsn_is_a_warning(
+    settings, monkeypatch
+):
+    from django.db import connection
+
+    from outbox.checks import check_listener
+
+    settings.INBOX_OUTBOX = {"SERVICE": "billing"}
+    monkeypatch.setitem(connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", False)
+    assert check_listener() == []
+    monkeypatch.setitem(connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", True)
+    [warning] = check_listener()
+    assert warning.id == "inbox_outbox.W002" and "RELAY_LISTEN_DSN" in warning.hint
+    settings.INBOX_OUTBOX = {"SERVICE": "billing", "RELAY_LISTEN_DSN": "host=db port=5432"}
+    assert check_listener() == []

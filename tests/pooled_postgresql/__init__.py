@@ -1,0 +1,1 @@
+"""A Django database backend for the test suite behind a pooler in transaction mode."""
