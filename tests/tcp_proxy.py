@@ -5,6 +5,8 @@
         ...
         proxy.cut()       # drop every live connection and refuse new ones
         proxy.restore()   # accept connections again
+        proxy.freeze()    # keep every connection open but forward nothing (a hung peer)
+        proxy.thaw()      # forward again
 
 Threads, no dependencies; everything stops with ``close()``.
 """
@@ -25,6 +27,8 @@ class TcpProxy:
         self.port: int = self._server.getsockname()[1]
         self._accepting = threading.Event()
         self._accepting.set()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
@@ -39,6 +43,13 @@ class TcpProxy:
 
     def restore(self) -> None:
         self._accepting.set()
+
+    def freeze(self) -> None:
+        """Keep every connection open and forward nothing: the peer seems hung, not gone."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     def close(self) -> None:
         self._closed.set()
@@ -91,6 +102,8 @@ class TcpProxy:
             selector.register(a, selectors.EVENT_READ, b)
             selector.register(b, selectors.EVENT_READ, a)
             while not self._closed.is_set():
+                if not self._flowing.wait(timeout=0.2):
+                    continue
                 for key, _ in selector.select(timeout=0.2):
                     data = key.fileobj.recv(65536)  # type: ignore[union-attr]
                     if not data:
