@@ -170,9 +170,7 @@ def test_leases_are_written_on_the_database_clock(names):
     batch, _ = relay._claim()
     assert [m.id for m in batch] == [message.id]
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT lease_until - now() FROM outbox_message WHERE id = %s", [message.id]
-        )
+        cursor.execute("SELECT lease_until - now() FROM outbox_message WHERE id = %s", [message.id])
         [[remaining]] = cursor.fetchall()
     lease = relay.keeper.lease_seconds
     assert dt.timedelta(seconds=lease - 2) < remaining <= dt.timedelta(seconds=lease)
