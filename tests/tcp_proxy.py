@@ -1,7 +1,7 @@
 """A TCP proxy the tests control, to cut a process off from RabbitMQ or PostgreSQL.
 
     with TcpProxy(("127.0.0.1", 5672)) as proxy:
-        url = f"amqp://guest:guest@127.0.0.1:{proxy.port}//"
+        url = proxy.via(broker_url)  # the same broker, through the proxy
         ...
         proxy.cut()       # drop every live connection and refuse new ones
         proxy.restore()   # accept connections again
@@ -17,6 +17,7 @@ import contextlib
 import selectors
 import socket
 import threading
+import urllib.parse
 
 
 class TcpProxy:
@@ -56,6 +57,13 @@ class TcpProxy:
         self._drop_all()
         self._thread.join(timeout=5)
         self._server.close()
+
+    def via(self, url: str) -> str:
+        """``url`` (credentials, vhost, options) pointed at this proxy instead."""
+        parts = urllib.parse.urlsplit(url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@127.0.0.1:{self.port}" if userinfo else f"127.0.0.1:{self.port}"
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
     @property
     def connections(self) -> int:

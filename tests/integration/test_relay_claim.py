@@ -167,7 +167,7 @@ def test_the_claim_reads_each_rows_own_payload_and_headers(names):
 def test_leases_are_written_on_the_database_clock(names):
     message = publish("t", {})
     relay = Relay(publisher=Records())
-    batch, _ = relay._claim()
+    batch = relay._claim().batch
     assert [m.id for m in batch] == [message.id]
     with connection.cursor() as cursor:
         cursor.execute("SELECT lease_until - now() FROM outbox_message WHERE id = %s", [message.id])

@@ -95,10 +95,9 @@ def test_a_row_that_never_encodes_ends_dead_and_only_then_its_key_moves_on(
 def test_a_broker_that_stops_answering_cannot_hang_the_relay(names, queue, broker_url, settings):
     settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "RELAY_CONFIRM_TIMEOUT": 1.0}
     port = kombu.Connection(broker_url).port or 5672
-    vhost = kombu.Connection(broker_url).virtual_host
     with TcpProxy(("127.0.0.1", port)) as proxy:
         publisher = AmqpPublisher(
-            f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}",
+            proxy.via(broker_url),
             exchange=names.exchange,
             source=names.service,
             confirm_timeout=1.0,
