@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import amqp
 import kombu
@@ -119,23 +120,26 @@ class AmqpPublisher(Publisher):
         self._next_tag = 0
         self._in_flight: dict[int, uuid.UUID] = {}
         self._result = BatchResult()
-        self._send_error: Exception | None = None
-        self._errors: tuple[type[Exception], ...] = (OSError, TimeoutError)
+        self._send_error: BaseException | None = None
+        self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
 
-    def _ensure_channel(self) -> amqp.Channel:
+    def _ensure_channel(self) -> Any:
+        """The open confirm-mode channel (py-amqp's), connecting first if there is none."""
         if self._channel is not None and self._channel.is_open:
             return self._channel
         self._drop()
         connection = kombu.Connection(self.url, connect_timeout=self.connect_timeout)
+        errors = _transport_errors(connection)
         try:
             connection.connect()
             # py-amqp leaves the socket blocking with no timeout once connected; bound every
             # call from here on (drain_events sets its own timeout and restores this one).
             connection.connection.transport.sock.settimeout(self.call_timeout)
-            channel = connection.channel()
+            # py-amqp's Channel on this transport (its stubs lack ``events``).
+            channel: Any = connection.channel()
             channel.exchange_declare(self.exchange, "topic", durable=True, auto_delete=False)
             channel.confirm_select()
-        except (*connection.connection_errors, *connection.channel_errors, OSError) as exc:
+        except errors as exc:
             _collect(connection)
             raise BrokerUnavailable(
                 f"cannot reach the broker at {connection.as_uri()}: {exc}"
@@ -144,12 +148,7 @@ class AmqpPublisher(Publisher):
         channel.events["basic_nack"].add(self._on_nack)
         channel.events["basic_return"].add(self._on_return)
         self._connection, self._channel, self._next_tag = connection, channel, 0
-        self._errors = (
-            *connection.connection_errors,
-            *connection.channel_errors,
-            OSError,
-            TimeoutError,
-        )
+        self._errors = (*errors, TimeoutError)
         return channel
 
     def _settle(self, delivery_tag: int, multiple: bool, error: str | None) -> None:
@@ -258,6 +257,11 @@ class AmqpPublisher(Publisher):
             _collect(connection)
 
 
+def _transport_errors(connection: kombu.Connection) -> tuple[type[BaseException], ...]:
+    """What ``connection``'s transport raises when the broker is down or unreachable."""
+    return (*connection.connection_errors, *connection.channel_errors, OSError)
+
+
 def _collect(connection: kombu.Connection) -> None:
     """Close ``connection``'s socket without talking to the broker."""
     try:
@@ -275,7 +279,7 @@ class KombuPublisher(Publisher):
         self.source = source
         self._producer: kombu.Producer | None = None
         self._result = BatchResult()
-        self._send_error: Exception | None = None
+        self._send_error: BaseException | None = None
 
     def send(self, batch: Sequence[Outgoing]) -> None:
         self._result = result = BatchResult()
@@ -283,8 +287,9 @@ class KombuPublisher(Publisher):
         now = timezone.now()
         try:
             if self._producer is None:
-                self._producer = kombu.Producer(self.connection.channel(), exchange=self.exchange)
-                self.exchange(self._producer.channel).declare()
+                channel = self.connection.channel()
+                self._producer = kombu.Producer(channel, exchange=self.exchange)
+                self.exchange(channel).declare()
             for message in batch:
                 try:
                     props = amqp_properties(message, now=now)
@@ -303,11 +308,7 @@ class KombuPublisher(Publisher):
                     **props,
                 )
                 result.sent.add(message.id)
-        except (
-            *self.connection.connection_errors,
-            *self.connection.channel_errors,
-            OSError,
-        ) as exc:
+        except _transport_errors(self.connection) as exc:
             self.close()
             self._send_error = exc
 

@@ -22,7 +22,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, connections, router, transaction
 from django.db.models import (
@@ -45,6 +45,12 @@ from .exceptions import BrokerUnavailable
 from .lease import LeaseKeeper
 from .models import OutboxMessage, Status
 from .publisher import BatchResult, Publisher, encode_error, make_publisher
+
+if TYPE_CHECKING:
+    import psycopg
+
+    #: The connection a relay LISTENs on for publishers' nudges (PostgreSQL).
+    Listener = psycopg.Connection[Any]
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +99,7 @@ def key_runs(
     decides which keyed messages may go (``sql.key_runs``)."""
     connection = connections[using]
     stop = until or START
-    params = [*after, limit, budget, int(until is not None), *stop]
+    params: list[Any] = [*after, limit, budget, int(until is not None), *stop]
     with connection.cursor() as cursor:
         cursor.execute(sql.key_runs(connection.vendor), params)
         rows = cursor.fetchall()
@@ -441,7 +447,7 @@ class Relay:
     def run(self, stop: threading.Event) -> None:
         """Relay until ``stop`` is set; wakes on PostgreSQL NOTIFY, else polls."""
         conf = get_settings()
-        listener = None
+        listener: Listener | None = None
         outage = 0
         lingered = False  # also look again shortly after start-up: a nudge may predate LISTEN
         try:
@@ -468,7 +474,8 @@ class Relay:
                         "outbox relay: database error (%s); retrying in %.1fs", exc, delay
                     )
                     connections[self.using].close()
-                    listener = _close(listener)
+                    _close(listener)
+                    listener = None
                     stop.wait(delay)
                     continue
                 if settled or self.busy:
@@ -484,16 +491,18 @@ class Relay:
             _close(listener)
             self.close()
 
-    def _listen(self):  # type: ignore[no-untyped-def]
+    def _listen(self) -> Listener | None:
         wrapper = connections[self.using]
         if wrapper.vendor != "postgresql":
             return None
-        conn = wrapper.get_new_connection(wrapper.get_connection_params())
+        conn: Listener = wrapper.get_new_connection(wrapper.get_connection_params())
         conn.autocommit = True
         conn.execute(sql.LISTEN)
         return conn
 
-    def _wait(self, listener, timeout: float, stop: threading.Event):  # type: ignore[no-untyped-def]
+    def _wait(
+        self, listener: Listener | None, timeout: float, stop: threading.Event
+    ) -> Listener | None:
         if listener is None:
             stop.wait(timeout)
             return None
@@ -502,7 +511,8 @@ class Relay:
                 pass
         except Exception as exc:  # a dropped listener only costs latency until reconnect
             logger.warning("outbox relay: LISTEN connection lost (%s)", exc)
-            return _close(listener)
+            _close(listener)
+            return None
         return listener
 
 
@@ -511,10 +521,9 @@ def _uuid(value: uuid.UUID | str) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
 
 
-def _close(listener):  # type: ignore[no-untyped-def]
+def _close(listener: Listener | None) -> None:
     if listener is not None:
         try:
             listener.close()
         except Exception:
             logger.debug("outbox relay: error closing listener", exc_info=True)
-    return None
