@@ -40,7 +40,7 @@ from inbox_outbox.backoff import backoff_seconds
 from inbox_outbox.cloudevents import Outgoing
 from inbox_outbox.conf import broker_url, get_settings
 
-from . import sql
+from . import sql, voids
 from .exceptions import BrokerUnavailable
 from .lease import LeaseKeeper
 from .models import OutboxMessage, Status
@@ -218,11 +218,8 @@ class Relay:
         batch, expired = claimed.batch, claimed.expired
         self.keeper.keep(m.id for m in [*(self._in_flight or []), *batch])
         if expired:
-            self._messages(expired).update(
-                status=Status.EXPIRED,
-                lease_owner="",
-                lease_until=None,
-                last_error="expired before it could be published",
+            self._give_up(
+                expired, status=Status.EXPIRED, error="expired before it could be published"
             )
             self.stats["expired"] += len(expired)
         for mid, error in claimed.broken.items():
@@ -353,13 +350,12 @@ class Relay:
         if conf.unroutable == "retry":
             for mid in result.unroutable:
                 failed[mid] = "unroutable: no queue is bound for this topic"
-        elif conf.unroutable == "dead":
-            self._messages(list(result.unroutable)).update(
+        elif conf.unroutable == "dead" and result.unroutable:
+            self._give_up(
+                list(result.unroutable),
                 status=Status.DEAD,
-                attempts=F("attempts") + 1,
-                lease_owner="",
-                lease_until=None,
-                last_error="unroutable: no queue is bound for this topic",
+                error="unroutable: no queue is bound for this topic",
+                charge=True,
             )
         ok = set(result.sent)
         if conf.unroutable == "ignore":
@@ -398,6 +394,23 @@ class Relay:
         self.stats["sent"] += len(ok)
         self.stats["failed"] += len(failed)
 
+    def _give_up(
+        self, ids: list[uuid.UUID], *, status: str, error: str, charge: bool = False
+    ) -> None:
+        """Settle ``ids`` as ``dead`` or ``expired`` without a send, and announce the keyed
+        ones void in the same transaction, so consumers need not wait out their gap."""
+        changes: dict[str, Any] = {
+            "status": status,
+            "lease_owner": "",
+            "lease_until": None,
+            "last_error": error,
+        }
+        if charge:
+            changes["attempts"] = F("attempts") + 1
+        with transaction.atomic(using=self.using):
+            self._messages(ids).update(**changes)
+            voids.announce(ids, using=self.using)
+
     def _fail(self, mid: uuid.UUID, error: str) -> None:
         """Charge ``mid`` an attempt: back off (on the database's clock), or dead at the limit."""
         conf = get_settings()
@@ -407,16 +420,19 @@ class Relay:
         attempts = row + 1
         dead = attempts >= conf.relay_max_attempts
         delay = backoff_seconds(attempts, conf.relay_backoff_base, conf.relay_backoff_max)
-        self._messages([mid]).update(
-            status=Status.DEAD if dead else Status.FAILED,
-            attempts=attempts,
-            last_error=error,
-            available_at=ExpressionWrapper(
-                Now() + timedelta(seconds=delay), output_field=DateTimeField()
-            ),
-            lease_owner="",
-            lease_until=None,
-        )
+        with transaction.atomic(using=self.using):
+            self._messages([mid]).update(
+                status=Status.DEAD if dead else Status.FAILED,
+                attempts=attempts,
+                last_error=error,
+                available_at=ExpressionWrapper(
+                    Now() + timedelta(seconds=delay), output_field=DateTimeField()
+                ),
+                lease_owner="",
+                lease_until=None,
+            )
+            if dead:
+                voids.announce([mid], using=self.using)
         if dead:
             logger.error("outbox: message %s is dead after %d attempts: %s", mid, attempts, error)
 

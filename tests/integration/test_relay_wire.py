@@ -83,12 +83,15 @@ def test_a_row_that_never_encodes_ends_dead_and_only_then_its_key_moves_on(
     assert read_queue(broker_url, queue) == []  # never ahead of its head on the wire
 
     OutboxMessage.objects.filter(id=bad.id).update(available_at=timezone.now())
-    drain()  # the second failure is the last: dead, and the key's next message goes out
+    drain()  # the second failure is the last: dead, announced void, then the key moves on
     row = OutboxMessage.objects.get(id=bad.id)
     assert (row.status, row.attempts) == ("dead", 2)
     assert OutboxMessage.objects.get(id=successor.id).status == "sent"
+    void = OutboxMessage.objects.get(voids=bad.id)
+    assert (void.key, void.sequence, void.status) == ("k", 1, "sent")
     assert [m.properties["message_id"] for m in read_queue(broker_url, queue)] == [
-        str(successor.id)
+        str(void.id),
+        str(successor.id),
     ]
 
 
