@@ -11,6 +11,13 @@
 
 ``--breakdown`` runs only part 2, splitting publish()'s cost into its Python, the extra
 statement in the commit's round trip, and the row itself.
+
+``--claim`` runs only the relay's claim (lease a batch, no broker), over the same claimable
+backlog with 0, 1M and 10M ``sent`` rows in the table and with 100k blocked rows ahead of
+it (one key whose head is in backoff, and keyless rows in backoff), each claim beside
+one on a second database (``<name>_baseline``) that holds only the claimable backlog: the
+0-row baseline, interleaved claim by claim. It fills the table with ``INSERT … SELECT
+generate_series`` and TRUNCATEs it first: point ``DATABASE_URL`` at a database of its own.
 """
 
 from __future__ import annotations
@@ -32,12 +39,25 @@ def main() -> None:
         "--keys", type=int, default=0, help="spread messages over this many ordering keys"
     )
     parser.add_argument(
+        "--claim", action="store_true", help="only the claim's time against the table's size"
+    )
+    parser.add_argument(
+        "--sent",
+        default="1000000,10000000",
+        help="--claim: sent-row counts to measure beside the empty table (comma-separated)",
+    )
+    parser.add_argument("--blocked", type=int, default=100_000, help="--claim: blocked rows")
+    parser.add_argument("--rounds", type=int, default=300, help="--claim: claims timed per case")
+    parser.add_argument(
         "--breakdown",
         action="store_true",
         help="only the publish() part, with two more variants that show where its cost goes",
     )
     args = parser.parse_args()
     django_setup()
+    if args.claim:
+        bench_claim([int(n) for n in args.sent.split(",") if n], args.blocked, args.rounds)
+        return
     if args.breakdown:
         breakdown(args.transactions)
         return
@@ -64,14 +84,16 @@ def _messages(count: int) -> list[tuple[bytes, dict]]:
     now = timezone.now()
     outgoing = (
         Outgoing(
-            uuid.uuid4(),
-            "bench.event",
-            None,
-            None,
-            f'{{"n":{i},"text":"payload {i}"}}',
-            {},
-            now,
-            None,
+            id=uuid.uuid4(),
+            topic="bench.event",
+            key=None,
+            sequence=None,
+            epoch=None,
+            voids=None,
+            payload_json=f'{{"n":{i},"text":"payload {i}"}}',
+            headers={},
+            created_at=now,
+            expires_at=None,
         )
         for i in range(count)
     )
@@ -133,7 +155,13 @@ def bench_relay(count: int, keys: int) -> tuple[float, float]:
     # Baseline: the same messages (bodies and properties, encoded before the clock starts),
     # a window of 100 confirms, no database.
     messages = _messages(count)
-    conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest")
+    info = kombu.Connection(url)  # the relay's broker and vhost
+    conn = amqp.Connection(
+        f"{info.hostname}:{info.port or 5672}",
+        userid=info.userid,
+        password=info.password,
+        virtual_host=info.virtual_host,
+    )
     conn.connect()
     channel = conn.channel()
     channel.confirm_select()
@@ -290,6 +318,183 @@ def _interleaved(variants, transactions: int) -> dict[str, float]:  # type: igno
                 run(i)
             rates[name].append(per_round / (time.perf_counter() - started))
     return {name: statistics.median(values) for name, values in rates.items()}
+
+
+# -- the claim against the table's size ----------------------------------------------------
+
+#: Claimable rows, the same in every case: keyless ones, and keyed ones in runs of 100.
+CLAIM_KEYLESS, CLAIM_KEYS, CLAIM_RUN = 5_000, 50, 100
+CLAIM_BATCH = 100
+
+#: A UUIDv7-shaped id from a timestamp and a serial number, so that ids sort by time as
+#: publish()'s do.
+_UUID7 = (
+    "(lpad(to_hex((extract(epoch from {ts}) * 1000)::bigint), 12, '0') || '7000' || '8' "
+    "|| lpad(to_hex({n}), 15, '0'))::uuid"
+)
+_COLUMNS = (
+    "id, topic, key, sequence, epoch, payload, headers, status, attempts, available_at, "
+    "lease_owner, created_at, sent_at, last_error"
+)
+
+
+def _fill_sent(cursor, first: int, last: int) -> None:  # type: ignore[no-untyped-def]
+    """Rows ``first``..``last`` of the sent history, older than everything else; half keyed."""
+    ts = "(timestamptz '2026-01-01' + g * interval '1 millisecond')"
+    cursor.execute(
+        f"INSERT INTO outbox_message ({_COLUMNS}) "
+        f"SELECT {_UUID7.format(ts=ts, n='g')}, 'bench.sent', "
+        "CASE WHEN mod(g, 2) = 0 THEN 'k' || mod(g, 1000) END, "
+        "CASE WHEN mod(g, 2) = 0 THEN g / 2000 + 1 END, CASE WHEN mod(g, 2) = 0 THEN 1 END, "
+        f"'{{\"n\": 1}}'::jsonb, '{{}}'::jsonb, 'sent', 1, {ts}, '', {ts}, {ts}, '' "
+        "FROM generate_series(%s, %s) g",
+        [first, last],
+    )
+
+
+def _fill_claimable(cursor, blocked: int) -> None:  # type: ignore[no-untyped-def]
+    """The claimable backlog (fresh), behind ``blocked`` rows of one key whose head is in
+    backoff and as many keyless rows in backoff, all older than it."""
+    cursor.execute("DELETE FROM outbox_message WHERE topic IN ('bench.claim', 'bench.blocked')")
+    now = "(now() - interval '1 minute' + g * interval '1 microsecond')"
+    cursor.execute(
+        f"INSERT INTO outbox_message ({_COLUMNS}) "
+        f"SELECT {_UUID7.format(ts=now, n='g + 100000000')}, 'bench.claim', "
+        f"CASE WHEN g > {CLAIM_KEYLESS} THEN 'k' || mod(g, {CLAIM_KEYS}) END, "
+        f"CASE WHEN g > {CLAIM_KEYLESS} THEN (g - {CLAIM_KEYLESS} - 1) / {CLAIM_KEYS} + 1 END, "
+        f"CASE WHEN g > {CLAIM_KEYLESS} THEN 1 END, '{{\"n\": 1}}'::jsonb, '{{}}'::jsonb, "
+        f"'pending', 0, {now}, '', {now}, NULL, '' "
+        "FROM generate_series(1, %s) g",
+        [CLAIM_KEYLESS + CLAIM_KEYS * CLAIM_RUN],
+    )
+    if not blocked:
+        return
+    ago = "(now() - interval '1 hour' + g * interval '1 microsecond')"
+    later = "now() + interval '1 hour'"
+    # One key: its head in backoff, the rest queued behind it. Keyless rows in backoff.
+    cursor.execute(
+        f"INSERT INTO outbox_message ({_COLUMNS}) "
+        f"SELECT {_UUID7.format(ts=ago, n='g + 200000000')}, 'bench.blocked', "
+        f"CASE WHEN g <= %s THEN 'hot' END, CASE WHEN g <= %s THEN g END, "
+        "CASE WHEN g <= %s THEN 1 END, '{}'::jsonb, '{}'::jsonb, "
+        "CASE WHEN g = 1 OR g > %s THEN 'failed' ELSE 'pending' END, 0, "
+        f"CASE WHEN g = 1 OR g > %s THEN {later} ELSE {ago} END, '', {ago}, NULL, '' "
+        "FROM generate_series(1, %s) g",
+        [blocked, blocked, blocked, blocked, blocked, 2 * blocked],
+    )
+
+
+def _claims(relay, alias: str) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    """One claim of a batch on ``alias``, timed, then released (untimed): seconds, rows."""
+    from outbox.models import OutboxMessage
+
+    started = time.perf_counter()
+    claimed = relay._claim()
+    elapsed = time.perf_counter() - started
+    ids = [m.id for m in claimed.batch]
+    assert not any(m.topic == "bench.blocked" for m in claimed.batch), "a blocked row"
+    OutboxMessage.objects.using(alias).filter(id__any=ids).update(lease_owner="", lease_until=None)
+    return elapsed, len(ids)
+
+
+def _time_claims(rounds: int) -> tuple[float, float, float, int]:
+    """``rounds`` claims of a batch on the table under test, each followed by one on the
+    baseline database (the same claimable backlog and nothing else), so that the machine's
+    drift touches both alike. Medians of both, the 95th percentile under test, and the
+    fewest rows a claim returned."""
+    import statistics
+
+    from outbox.publisher import Publisher
+    from outbox.relay import Relay
+
+    relays = {
+        alias: Relay(using=alias, publisher=Publisher(), batch_size=CLAIM_BATCH)
+        for alias in ("default", BASELINE)
+    }
+    times: dict[str, list[float]] = {alias: [] for alias in relays}
+    fewest = CLAIM_BATCH
+    for n in range(rounds + 20):  # 20 to warm up
+        for alias, relay in relays.items():
+            elapsed, rows = _claims(relay, alias)
+            if n >= 20:
+                times[alias].append(elapsed)
+                fewest = min(fewest, rows)
+    for relay in relays.values():
+        relay.keeper.stop()
+    ours = sorted(times["default"])
+    return (
+        statistics.median(ours),
+        statistics.median(times[BASELINE]),
+        ours[int(len(ours) * 0.95)],
+        fewest,
+    )
+
+
+#: The database alias of the 0-row baseline: ``DATABASE_URL``'s database name + ``_baseline``.
+BASELINE = "claim_baseline"
+
+
+def _baseline_database() -> None:
+    from _setup import _ensure_database
+    from django.core.management import call_command
+    from django.db import connections
+
+    config = dict(connections.databases["default"])
+    config["NAME"] = f"{config['NAME']}_baseline"
+    connections.databases[BASELINE] = config
+    _ensure_database(f"postgres://postgres@127.0.0.1:5432/{config['NAME']}")
+    call_command("migrate", database=BASELINE, verbosity=0)
+    with connections[BASELINE].cursor() as cursor:
+        cursor.execute("TRUNCATE outbox_message, outbox_sequence")
+
+
+def _refill_baseline() -> None:
+    """The baseline's backlog afresh, as each case's is (claims leave dead row versions)."""
+    from django.db import connections
+
+    with connections[BASELINE].cursor() as cursor:
+        _fill_claimable(cursor, 0)
+        cursor.execute("VACUUM ANALYZE outbox_message")
+
+
+def bench_claim(sent_levels: list[int], blocked: int, rounds: int) -> None:
+    from django.db import connection
+
+    _baseline_database()
+    with connection.cursor() as cursor:
+        cursor.execute("SET synchronous_commit = off")
+        cursor.execute("TRUNCATE outbox_message, outbox_sequence")
+    cases: list[tuple[str, int, int]] = [("empty table (the baseline's twin)", 0, 0)]
+    if blocked:
+        cases.append((f"{blocked:,} + {blocked:,} blocked ahead", 0, blocked))
+    cases += [(f"{n:,} sent rows", n, 0) for n in sent_levels]
+    if blocked and sent_levels:
+        cases.append(
+            (f"{sent_levels[-1]:,} sent and {blocked:,} blocked", sent_levels[-1], blocked)
+        )
+    filled = 0
+    print(
+        f"claim of a batch of {CLAIM_BATCH} from {CLAIM_KEYLESS:,} keyless rows and "
+        f"{CLAIM_KEYS} keys x {CLAIM_RUN}; median of {rounds} claims, each beside one on "
+        "a database holding only that backlog (the 0-row baseline)"
+    )
+    for label, sent, blocked_rows in cases:
+        with connection.cursor() as cursor:
+            started = time.perf_counter()
+            while filled < sent:  # in steps of a million: one statement's WAL stays small
+                step = min(1_000_000, sent - filled)
+                _fill_sent(cursor, filled + 1, filled + step)
+                filled += step
+            _fill_claimable(cursor, blocked_rows)
+            cursor.execute("VACUUM ANALYZE outbox_message")
+            fill = time.perf_counter() - started
+        _refill_baseline()
+        median, baseline, p95, fewest = _time_claims(rounds)
+        print(
+            f"{label:<36} {median * 1000:6.2f} ms (p95 {p95 * 1000:6.2f})  "
+            f"baseline {baseline * 1000:6.2f} ms  {median / baseline:5.2f}x  "
+            f"rows/claim >= {fewest}  [filled in {fill:.0f}s]"
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from uuid6 import uuid7
 
@@ -103,13 +105,20 @@ class OutboxMessage(models.Model):
             ),
         ]
         indexes = [
-            # The relay's claim: O(batch) however many sent rows the table holds.
+            # The relay's claim of keyless rows, longest due first: rows in backoff lie past
+            # the range it scans, and sent rows are not in it at all.
             models.Index(
-                fields=["id"], name="outbox_unsent_idx", condition=models.Q(status__in=UNSENT)
+                fields=["available_at", "id"],
+                name="outbox_unsent_keyless_idx",
+                condition=models.Q(status__in=UNSENT) & models.Q(key__isnull=True),
             ),
-            # "Is an earlier message of this key still unsent?"
+            # Each key's unsent rows in order, the head first: the claim's walk jumps from
+            # one key to the next in one descent, past however many rows wait behind a head.
             models.Index(
-                fields=["topic", "key", "sequence"],
+                F("topic"),
+                F("key"),
+                Coalesce(F("epoch"), Value(0), output_field=models.BigIntegerField()),
+                F("sequence"),
                 name="outbox_unsent_key_idx",
                 condition=models.Q(status__in=UNSENT) & models.Q(key__isnull=False),
             ),

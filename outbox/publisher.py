@@ -7,15 +7,27 @@ message the broker returns (no queue bound) or nacks is reported as failed.
 
 Other kombu transports (Redis, in-memory) have no confirms: a publish that
 returns without error counts as accepted.
+
+Faults are told apart where they arise. A message that cannot be encoded (py-amqp refuses
+a topic or header name over 255 bytes, an integer past 64 bits, a string that is not
+UTF-8) fails alone: it is reported in ``BatchResult.failed`` and the rest of the batch goes
+out. py-amqp serializes a frame completely before writing any of it, so such a refusal
+leaves the connection clean. Only transport errors mean the broker is unavailable.
+
+No call waits on the broker without a bound: the socket carries a timeout for every read
+and write, confirms are awaited for ``confirm_timeout``, and a connection that failed or
+timed out is dropped without the closing handshake a hung broker would never answer.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import amqp
 import kombu
@@ -27,6 +39,24 @@ from inbox_outbox.cloudevents import Outgoing, amqp_properties, encode
 from .exceptions import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
+
+#: What encoding one message can raise, in ``encode``, ``amqp_properties`` or py-amqp's
+#: serializer (``struct.error`` for a short string over 255 bytes or an integer past 64
+#: bits, ``FrameSyntaxError`` for a value type AMQP tables lack, ``UnicodeError`` for a
+#: lone surrogate). Raised before anything is written, so they are that message's fault.
+ENCODE_ERRORS: tuple[type[BaseException], ...] = (
+    struct.error,
+    amqp.exceptions.FrameSyntaxError,
+    UnicodeError,
+    ValueError,
+    TypeError,
+    OverflowError,
+    RecursionError,
+)
+
+
+def encode_error(exc: BaseException) -> str:
+    return f"cannot be encoded for AMQP: {type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -76,32 +106,41 @@ class AmqpPublisher(Publisher):
         source: str,
         confirm_timeout: float,
         connect_timeout: float = 5.0,
+        call_timeout: float = 5.0,
     ) -> None:
         self.url = url
         self.exchange = exchange
         self.source = source
         self.confirm_timeout = confirm_timeout
         self.connect_timeout = connect_timeout
+        #: The longest any single read or write on the broker's socket may block.
+        self.call_timeout = call_timeout
         self._connection: kombu.Connection | None = None
         self._channel: amqp.Channel | None = None
         self._next_tag = 0
         self._in_flight: dict[int, uuid.UUID] = {}
         self._result = BatchResult()
-        self._send_error: Exception | None = None
-        self._errors: tuple[type[Exception], ...] = (OSError, TimeoutError)
+        self._send_error: BaseException | None = None
+        self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
 
-    def _ensure_channel(self) -> amqp.Channel:
+    def _ensure_channel(self) -> Any:
+        """The open confirm-mode channel (py-amqp's), connecting first if there is none."""
         if self._channel is not None and self._channel.is_open:
             return self._channel
-        self.close()
+        self._drop()
         connection = kombu.Connection(self.url, connect_timeout=self.connect_timeout)
+        errors = _transport_errors(connection)
         try:
             connection.connect()
-            channel = connection.channel()
+            # py-amqp leaves the socket blocking with no timeout once connected; bound every
+            # call from here on (drain_events sets its own timeout and restores this one).
+            connection.connection.transport.sock.settimeout(self.call_timeout)
+            # py-amqp's Channel on this transport (its stubs lack ``events``).
+            channel: Any = connection.channel()
             channel.exchange_declare(self.exchange, "topic", durable=True, auto_delete=False)
             channel.confirm_select()
-        except (*connection.connection_errors, *connection.channel_errors, OSError) as exc:
-            connection.release()
+        except errors as exc:
+            _collect(connection)
             raise BrokerUnavailable(
                 f"cannot reach the broker at {connection.as_uri()}: {exc}"
             ) from exc
@@ -109,12 +148,7 @@ class AmqpPublisher(Publisher):
         channel.events["basic_nack"].add(self._on_nack)
         channel.events["basic_return"].add(self._on_return)
         self._connection, self._channel, self._next_tag = connection, channel, 0
-        self._errors = (
-            *connection.connection_errors,
-            *connection.channel_errors,
-            OSError,
-            TimeoutError,
-        )
+        self._errors = (*errors, TimeoutError)
         return channel
 
     def _settle(self, delivery_tag: int, multiple: bool, error: str | None) -> None:
@@ -157,16 +191,26 @@ class AmqpPublisher(Publisher):
         self._in_flight = {}
         self._send_error = None
         now = timezone.now()
+        refused: set[tuple[str, str]] = set()  # keys whose earlier message failed to encode
         try:
             for message in batch:
-                channel.basic_publish(
-                    amqp.Message(
-                        encode(message, source=self.source), **amqp_properties(message, now=now)
-                    ),
-                    exchange=self.exchange,
-                    routing_key=message.topic,
-                    mandatory=True,
-                )
+                if message.key is not None and (message.topic, message.key) in refused:
+                    continue  # not published, so not confirmed: it stays unsent, uncharged
+                try:
+                    channel.basic_publish(
+                        amqp.Message(
+                            encode(message, source=self.source),
+                            **amqp_properties(message, now=now),
+                        ),
+                        exchange=self.exchange,
+                        routing_key=message.topic,
+                        mandatory=True,
+                    )
+                except ENCODE_ERRORS as exc:  # before its first byte: the connection is fine
+                    self._result.failed[message.id] = encode_error(exc)
+                    if message.key is not None:
+                        refused.add((message.topic, message.key))
+                    continue
                 self._next_tag += 1
                 self._in_flight[self._next_tag] = message.id
         except self._errors as exc:
@@ -187,7 +231,7 @@ class AmqpPublisher(Publisher):
                 assert self._connection is not None
                 self._connection.drain_events(timeout=remaining)
         except self._errors as exc:
-            self.close()
+            self._drop()  # a broker that let a confirm time out may not answer a close either
             if self._result.sent or self._result.failed or self._result.unroutable:
                 logger.warning("outbox: broker connection lost mid-batch: %s", exc)
                 return self._result  # what was confirmed counts; the rest stays unsent
@@ -195,13 +239,35 @@ class AmqpPublisher(Publisher):
         return self._result
 
     def close(self) -> None:
+        """Close the connection with the AMQP handshake, bounded by ``call_timeout``."""
         connection, self._connection, self._channel = self._connection, None, None
         self._in_flight = {}
         if connection is not None:
             try:
                 connection.release()
-            except Exception:  # the connection is already gone; nothing to release
+            except Exception:  # gone or not answering: drop it without the handshake
                 logger.debug("outbox: error closing broker connection", exc_info=True)
+                _collect(connection)
+
+    def _drop(self) -> None:
+        """Forget the connection at once: no closing handshake with a broker that may hang."""
+        connection, self._connection, self._channel = self._connection, None, None
+        self._in_flight = {}
+        if connection is not None:
+            _collect(connection)
+
+
+def _transport_errors(connection: kombu.Connection) -> tuple[type[BaseException], ...]:
+    """What ``connection``'s transport raises when the broker is down or unreachable."""
+    return (*connection.connection_errors, *connection.channel_errors, OSError)
+
+
+def _collect(connection: kombu.Connection) -> None:
+    """Close ``connection``'s socket without talking to the broker."""
+    try:
+        connection.collect()
+    except (OSError, AttributeError):
+        logger.debug("outbox: error dropping broker connection", exc_info=True)
 
 
 class KombuPublisher(Publisher):
@@ -213,7 +279,7 @@ class KombuPublisher(Publisher):
         self.source = source
         self._producer: kombu.Producer | None = None
         self._result = BatchResult()
-        self._send_error: Exception | None = None
+        self._send_error: BaseException | None = None
 
     def send(self, batch: Sequence[Outgoing]) -> None:
         self._result = result = BatchResult()
@@ -221,14 +287,20 @@ class KombuPublisher(Publisher):
         now = timezone.now()
         try:
             if self._producer is None:
-                self._producer = kombu.Producer(self.connection.channel(), exchange=self.exchange)
-                self.exchange(self._producer.channel).declare()
+                channel = self.connection.channel()
+                self._producer = kombu.Producer(channel, exchange=self.exchange)
+                self.exchange(channel).declare()
             for message in batch:
-                props = amqp_properties(message, now=now)
-                headers = props.pop("application_headers", {})
-                props.pop("delivery_mode")
+                try:
+                    props = amqp_properties(message, now=now)
+                    headers = props.pop("application_headers", {})
+                    props.pop("delivery_mode")
+                    body = encode(message, source=self.source)
+                except ENCODE_ERRORS as exc:
+                    result.failed[message.id] = encode_error(exc)
+                    continue
                 self._producer.publish(
-                    encode(message, source=self.source),
+                    body,
                     routing_key=message.topic,
                     headers=headers,
                     delivery_mode=2,
@@ -236,11 +308,7 @@ class KombuPublisher(Publisher):
                     **props,
                 )
                 result.sent.add(message.id)
-        except (
-            *self.connection.connection_errors,
-            *self.connection.channel_errors,
-            OSError,
-        ) as exc:
+        except _transport_errors(self.connection) as exc:
             self.close()
             self._send_error = exc
 

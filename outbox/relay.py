@@ -20,72 +20,157 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, connections, router, transaction
-from django.db.models import F, Min, Q, QuerySet, TextField
-from django.db.models.functions import Cast
-from django.utils import timezone
+from django.db.models import (
+    BooleanField,
+    DateTimeField,
+    ExpressionWrapper,
+    F,
+    Q,
+    QuerySet,
+    TextField,
+)
+from django.db.models.functions import Cast, Now
 
 from inbox_outbox.backoff import backoff_seconds
 from inbox_outbox.cloudevents import Outgoing
 from inbox_outbox.conf import broker_url, get_settings
 
+from . import sql, voids
 from .exceptions import BrokerUnavailable
 from .lease import LeaseKeeper
 from .listening import open_listener
-from .models import UNSENT, OutboxMessage, Status
-from .publisher import BatchResult, Publisher, make_publisher
+from .models import OutboxMessage, Status
+from .publisher import BatchResult, Publisher, encode_error, make_publisher
+
+if TYPE_CHECKING:
+    import psycopg
+
+    #: The connection a relay LISTENs on for publishers' nudges (PostgreSQL).
+    Listener = psycopg.Connection[Any]
 
 logger = logging.getLogger(__name__)
 
 
-#: Candidates looked at per claim, in batches: keyed messages behind a key already in flight
-#: are not claimable, so a relay that finds too few in its first batch looks past them for
-#: other keys' runs.
-CANDIDATE_WINDOW = 4
+#: Keys the claim's walk visits at most per claim. A walk that stops at this budget before
+#: filling its batch leaves :attr:`Relay.busy` set, and the next claim goes on from there:
+#: each claim is bounded however many keys are blocked, and each key is visited once a lap.
+KEYS_PER_CLAIM = 1000
+
+#: Where a walk over the keys begins: before the first (topic, key).
+START = ("", "")
 
 
 @dataclass(frozen=True, slots=True)
-class Candidate:
-    """An unsent row the claim considers: enough to decide whether its key lets it go."""
+class Run:
+    """A key's claimable run as :func:`key_runs` found it: ``n`` rows from its head."""
 
-    id: uuid.UUID
     topic: str
-    key: str | None
-    sequence: int | None
+    key: str
+    epoch: int
+    head: int
+    n: int
 
 
-_CANDIDATE_FIELDS = ("id", "topic", "key", "sequence")
+@dataclass(frozen=True, slots=True)
+class Walk:
+    """What one walk over the keys found, and where it stopped."""
+
+    runs: list[Run]
+    last: tuple[str, str] | None  # the last key visited
+    visited: int
+    found: int  # rows in ``runs``
+    finished: bool  # no key was left before the bound: it stopped for neither limit
 
 
-def _candidates(queryset: QuerySet[OutboxMessage]) -> list[Candidate]:
-    return [Candidate(**row) for row in queryset.values(*_CANDIDATE_FIELDS)]
-
-
-def _outgoing(queryset: QuerySet[OutboxMessage]) -> list[Outgoing]:
-    """``queryset``'s rows as they go on the wire; the payload stays JSON text."""
-    rows = queryset.annotate(
-        payload_json=Cast("payload", TextField()), headers_text=Cast("headers", TextField())
-    ).values(
-        *_CANDIDATE_FIELDS,
-        "epoch",
-        "voids",
-        "payload_json",
-        "headers_text",
-        "created_at",
-        "expires_at",
+def key_runs(
+    using: str,
+    *,
+    after: tuple[str, str],
+    limit: int,
+    budget: int,
+    until: tuple[str, str] | None = None,
+) -> Walk:
+    """The claimable run of each key after ``after`` (up to ``until``, inclusive), until
+    ``limit`` rows are found or ``budget`` keys visited. The one place where the relay
+    decides which keyed messages may go (``sql.key_runs``)."""
+    connection = connections[using]
+    stop = until or START
+    params: list[Any] = [*after, limit, budget, int(until is not None), *stop]
+    with connection.cursor() as cursor:
+        cursor.execute(sql.key_runs(connection.vendor), params)
+        rows = cursor.fetchall()
+    if not rows:
+        return Walk(runs=[], last=None, visited=0, found=0, finished=True)
+    runs = [Run(t, k, int(e), int(h), int(n)) for _, t, k, e, h, n, _ in rows if n]
+    depth, topic, key, _, _, run, before = rows[-1]
+    found = int(before) + int(run)
+    return Walk(
+        runs=runs,
+        last=(topic, key),
+        visited=int(depth),
+        found=found,
+        finished=depth < budget and found < limit,
     )
-    return [
-        Outgoing(
-            headers=json.loads(headers)
-            if (headers := row.pop("headers_text")) not in (None, "{}")
-            else {},
-            **row,
-        )
-        for row in rows
-    ]
+
+
+@dataclass(slots=True)
+class Lap:
+    """A walk around the keys spread over several claims: from the cursor at its start,
+    to the last key, then from the first key back to ``end``."""
+
+    end: tuple[str, str]
+    wrapped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """One claim: rows to send, rows found expired, and rows that cannot go on the wire."""
+
+    batch: list[Outgoing]
+    expired: list[uuid.UUID]
+    broken: dict[uuid.UUID, str]
+
+
+def _first(runs: list[Run], room: int) -> list[Run]:
+    """The runs that fit in ``room`` rows, the last one cut to a prefix."""
+    taken = []
+    for run in runs:
+        if room <= 0:
+            break
+        taken.append(run if run.n <= room else replace(run, n=room))
+        room -= run.n
+    return taken
+
+
+_OUTGOING_FIELDS = ("id", "topic", "key", "sequence", "epoch", "voids", "created_at", "expires_at")
+
+
+def _outgoing(queryset: QuerySet[OutboxMessage]) -> Claimed:
+    """``queryset``'s rows as they go on the wire (the payload stays JSON text); those past
+    their expiry on the database's clock; those whose headers cannot be read."""
+    rows = queryset.annotate(
+        payload_json=Cast("payload", TextField()),
+        headers_text=Cast("headers", TextField()),
+        expired=ExpressionWrapper(Q(expires_at__lte=Now()), output_field=BooleanField()),
+    ).values(*_OUTGOING_FIELDS, "payload_json", "headers_text", "expired")
+    batch, expired, broken = [], [], {}
+    for row in rows:
+        text = row.pop("headers_text")
+        if row.pop("expired"):
+            expired.append(row["id"])
+            continue
+        try:
+            headers = json.loads(text) if text not in (None, "{}") else {}
+        except (ValueError, RecursionError) as exc:
+            broken[row["id"]] = encode_error(exc)
+            continue
+        batch.append(Outgoing(headers=headers, **row))
+    return Claimed(batch=batch, expired=expired, broken=broken)
 
 
 class Relay:
@@ -111,6 +196,9 @@ class Relay:
         )
         self.stats: dict[str, int] = defaultdict(int)
         self._in_flight: list[Outgoing] | None = None
+        self._cursor = START  # the claim's walk over the keys goes on after this one
+        self._lap: Lap | None = None
+        self._turn = 0
         self.keeper = LeaseKeeper(
             using=self.using,
             owner=self.owner,
@@ -127,16 +215,18 @@ class Relay:
         head is still unsent (leased by us). Returns how many rows were settled (sent,
         failed, dead or expired); :attr:`busy` tells whether a batch is still in flight.
         """
-        batch, expired = self._claim()
+        claimed = self._claim()
+        batch, expired = claimed.batch, claimed.expired
         self.keeper.keep(m.id for m in [*(self._in_flight or []), *batch])
         if expired:
-            self._messages(expired).update(
-                status=Status.EXPIRED,
-                lease_owner="",
-                lease_until=None,
-                last_error="expired before it could be published",
+            self._give_up(
+                expired, status=Status.EXPIRED, error="expired before it could be published"
             )
             self.stats["expired"] += len(expired)
+        for mid, error in claimed.broken.items():
+            self._fail(mid, error)
+        self.stats["failed"] += len(claimed.broken)
+        expired = [*expired, *claimed.broken]  # settled without a send
         try:
             settled = len(expired) + self._finish()
             if batch:
@@ -151,7 +241,8 @@ class Relay:
 
     @property
     def busy(self) -> bool:
-        return self._in_flight is not None
+        """A batch is in flight, or the claim's walk has keys left to visit this lap."""
+        return self._in_flight is not None or self._lap is not None
 
     def _finish(self) -> int:
         """Collect and record the batch in flight, if any; return its size."""
@@ -185,96 +276,87 @@ class Relay:
         """Our leased rows among ``ids``: the only rows this relay may write back."""
         return OutboxMessage.objects.using(self.using).filter(id__any=ids, lease_owner=self.owner)
 
-    def _claim(self) -> tuple[list[Outgoing], list[uuid.UUID]]:
-        conf = get_settings()
-        now = timezone.now()
-        base = OutboxMessage.objects.using(self.using)
+    def _claim(self) -> Claimed:
+        """Lease the next batch: keyed runs and keyless rows, half the batch each when both
+        are waiting, the rest to whichever has more."""
+        lease = get_settings().relay_lease_seconds
+        vendor = connections[self.using].vendor
         with transaction.atomic(using=self.using):
-            due = (
-                base.filter(status__in=UNSENT, available_at__lte=now)
-                .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-                .order_by("id")
-                .select_for_update(skip_locked=True)
-            )
-            # Lock one batch first, reading what publishing needs as it goes: each locked
-            # row costs a write, and when nothing is keyed (or no key is in flight) the
-            # first batch is all claimable.
-            rows = {row.id: row for row in _outgoing(due[: self.batch_size])}
-            if not rows:
-                return [], []
-            candidates = [Candidate(r.id, r.topic, r.key, r.sequence) for r in rows.values()]
-            claimable = set(self._in_key_order(candidates))
-            if len(claimable) < self.batch_size and len(candidates) == self.batch_size:
-                more = due.filter(id__gt=candidates[-1].id)
-                candidates += _candidates(more[: self.batch_size * (CANDIDATE_WINDOW - 1)])
-                claimable = set(self._in_key_order(candidates))
-            ids = [c.id for c in candidates if c.id in claimable][: self.batch_size]  # oldest first
+            runs = self._walk(self.batch_size)
+            keyed = sum(run.n for run in runs)
+            self._turn ^= 1  # with an odd batch, the odd row goes to each side in turn
+            keyless_room = self.batch_size - min(keyed, (self.batch_size + self._turn) // 2)
+            ids = self._lease(sql.claim_keyless(vendor), [keyless_room, self.owner, lease])
+            runs = _first(runs, self.batch_size - len(ids))
+            if runs:
+                runs_json = json.dumps([asdict(run) for run in runs])
+                ids += self._lease(sql.lease_runs(vendor), [runs_json, self.owner, lease])
             if not ids:
-                return [], []
-            missing = [mid for mid in ids if mid not in rows]
-            if missing:  # claimable rows found past the first batch, locked but not yet read
-                rows.update((row.id, row) for row in _outgoing(base.filter(id__any=missing)))
-            base.filter(id__any=ids).update(
-                lease_owner=self.owner,
-                lease_until=now + timedelta(seconds=conf.relay_lease_seconds),
-            )
-        batch, expired = [], []
-        for mid in ids:
-            row = rows[mid]
-            if row.expires_at is not None and row.expires_at <= now:
-                expired.append(mid)
-            else:
-                batch.append(row)
+                return Claimed(batch=[], expired=[], broken={})
+            claimed = _outgoing(OutboxMessage.objects.using(self.using).filter(id__any=ids))
+        batch = claimed.batch
         # Keyless messages in id order; each key's run in sequence order.
         batch.sort(key=lambda m: (m.key is not None, m.topic, m.key or "", m.sequence or 0, m.id))
-        return batch, expired
+        if claimed.broken:
+            # A row that cannot go out holds back the rest of its key, as a failed one does.
+            stuck = set(
+                OutboxMessage.objects.using(self.using)
+                .filter(id__any=list(claimed.broken), key__isnull=False)
+                .values_list("topic", "key")
+            )
+            held = [m.id for m in batch if m.key is not None and (m.topic, m.key) in stuck]
+            self._messages(held).update(lease_owner="", lease_until=None)
+            batch = [m for m in batch if m.id not in held]
+        return Claimed(batch=batch, expired=claimed.expired, broken=claimed.broken)
 
-    def _in_key_order(self, candidates: list[Candidate]) -> list[uuid.UUID]:
-        """Drop keyed candidates whose earlier messages are not claimable with them."""
-        keyed: dict[tuple[str, str], list[tuple[int, uuid.UUID]]] = defaultdict(list)
-        ids = []
-        for c in candidates:
-            if c.key is None or c.sequence is None:
-                ids.append(c.id)
-            else:
-                keyed[(c.topic, c.key)].append((c.sequence, c.id))
-        if not keyed:
-            return ids
-        condition = Q()
-        for topic, key in keyed:
-            condition |= Q(topic=topic, key=key)
-        heads = {
-            (topic, key): head
-            for topic, key, head in OutboxMessage.objects.using(self.using)
-            .filter(condition, status__in=UNSENT)
-            .order_by()
-            .values("topic", "key")
-            .annotate(head=Min("sequence"))
-            .values_list("topic", "key", "head")
-        }
-        for group, members in keyed.items():
-            expected = heads.get(group)
-            for seq, mid in sorted(members):
-                if seq != expected:
-                    break
-                ids.append(mid)
-                expected += 1
-        return ids
+    def _lease(self, statement: str, params: list[Any]) -> list[uuid.UUID]:
+        with connections[self.using].cursor() as cursor:
+            cursor.execute(statement, params)
+            return [_uuid(value) for (value,) in cursor.fetchall()]
+
+    def _walk(self, limit: int) -> list[Run]:
+        """Runs of up to ``limit`` rows, walking on from where the last claim stopped: at
+        most ``KEYS_PER_CLAIM`` keys, around the keys once per lap."""
+        if self._lap is None:
+            self._lap = Lap(end=self._cursor)  # the ring from here back to here
+        lap = self._lap
+        runs: list[Run] = []
+        budget, found = KEYS_PER_CLAIM, 0
+        while budget > 0 and found < limit:
+            walk = key_runs(
+                self.using,
+                after=self._cursor,
+                until=lap.end if lap.wrapped else None,
+                limit=limit - found,
+                budget=budget,
+            )
+            runs += walk.runs
+            found += walk.found
+            budget -= walk.visited
+            if not walk.finished:  # stopped by the budget or the batch: go on after it
+                assert walk.last is not None
+                self._cursor = walk.last
+                break
+            if lap.wrapped or lap.end == START:  # back where the lap began: all visited
+                self._cursor, self._lap = lap.end, None
+                return runs
+            lap.wrapped, self._cursor = True, START
+        if found >= limit:
+            self._lap = None  # the batch is full; the next claim starts a lap of its own
+        return runs
 
     def _record(self, batch: list[Outgoing], result: BatchResult) -> None:
         conf = get_settings()
-        now = timezone.now()
         failed: dict[uuid.UUID, str] = dict(result.failed)
         if conf.unroutable == "retry":
             for mid in result.unroutable:
                 failed[mid] = "unroutable: no queue is bound for this topic"
-        elif conf.unroutable == "dead":
-            self._messages(list(result.unroutable)).update(
+        elif conf.unroutable == "dead" and result.unroutable:
+            self._give_up(
+                list(result.unroutable),
                 status=Status.DEAD,
-                attempts=F("attempts") + 1,
-                lease_owner="",
-                lease_until=None,
-                last_error="unroutable: no queue is bound for this topic",
+                error="unroutable: no queue is bound for this topic",
+                charge=True,
             )
         ok = set(result.sent)
         if conf.unroutable == "ignore":
@@ -295,14 +377,14 @@ class Relay:
         if ok:
             self._messages(list(ok)).update(
                 status=Status.SENT,
-                sent_at=now,
+                sent_at=Now(),
                 attempts=F("attempts") + 1,
                 lease_owner="",
                 lease_until=None,
                 last_error="",
             )
         for mid, error in failed.items():
-            self._fail(mid, error, now)
+            self._fail(mid, error)
         unconfirmed = [
             m.id
             for m in batch
@@ -313,7 +395,25 @@ class Relay:
         self.stats["sent"] += len(ok)
         self.stats["failed"] += len(failed)
 
-    def _fail(self, mid: uuid.UUID, error: str, now) -> None:  # type: ignore[no-untyped-def]
+    def _give_up(
+        self, ids: list[uuid.UUID], *, status: str, error: str, charge: bool = False
+    ) -> None:
+        """Settle ``ids`` as ``dead`` or ``expired`` without a send, and announce the keyed
+        ones void in the same transaction, so consumers need not wait out their gap."""
+        changes: dict[str, Any] = {
+            "status": status,
+            "lease_owner": "",
+            "lease_until": None,
+            "last_error": error,
+        }
+        if charge:
+            changes["attempts"] = F("attempts") + 1
+        with transaction.atomic(using=self.using):
+            self._messages(ids).update(**changes)
+            voids.announce(ids, using=self.using)
+
+    def _fail(self, mid: uuid.UUID, error: str) -> None:
+        """Charge ``mid`` an attempt: back off (on the database's clock), or dead at the limit."""
         conf = get_settings()
         row = self._messages([mid]).values_list("attempts", flat=True).first()
         if row is None:
@@ -321,14 +421,19 @@ class Relay:
         attempts = row + 1
         dead = attempts >= conf.relay_max_attempts
         delay = backoff_seconds(attempts, conf.relay_backoff_base, conf.relay_backoff_max)
-        self._messages([mid]).update(
-            status=Status.DEAD if dead else Status.FAILED,
-            attempts=attempts,
-            last_error=error,
-            available_at=now + timedelta(seconds=delay),
-            lease_owner="",
-            lease_until=None,
-        )
+        with transaction.atomic(using=self.using):
+            self._messages([mid]).update(
+                status=Status.DEAD if dead else Status.FAILED,
+                attempts=attempts,
+                last_error=error,
+                available_at=ExpressionWrapper(
+                    Now() + timedelta(seconds=delay), output_field=DateTimeField()
+                ),
+                lease_owner="",
+                lease_until=None,
+            )
+            if dead:
+                voids.announce([mid], using=self.using)
         if dead:
             logger.error("outbox: message %s is dead after %d attempts: %s", mid, attempts, error)
 
@@ -359,7 +464,7 @@ class Relay:
     def run(self, stop: threading.Event) -> None:
         """Relay until ``stop`` is set; wakes on PostgreSQL NOTIFY, else polls."""
         conf = get_settings()
-        listener = None
+        listener: Listener | None = None
         outage = 0
         lingered = False  # also look again shortly after start-up: a nudge may predate LISTEN
         try:
@@ -386,7 +491,8 @@ class Relay:
                         "outbox relay: database error (%s); retrying in %.1fs", exc, delay
                     )
                     connections[self.using].close()
-                    listener = _close(listener)
+                    _close(listener)
+                    listener = None
                     stop.wait(delay)
                     continue
                 if settled or self.busy:
@@ -402,10 +508,13 @@ class Relay:
             _close(listener)
             self.close()
 
-    def _listen(self):  # type: ignore[no-untyped-def]
-        return open_listener(connections[self.using])
+    def _listen(self) -> Listener | None:
+        listener: Listener | None = open_listener(connections[self.using])
+        return listener
 
-    def _wait(self, listener, timeout: float, stop: threading.Event):  # type: ignore[no-untyped-def]
+    def _wait(
+        self, listener: Listener | None, timeout: float, stop: threading.Event
+    ) -> Listener | None:
         if listener is None:
             stop.wait(timeout)
             return None
@@ -414,14 +523,19 @@ class Relay:
                 pass
         except Exception as exc:  # a dropped listener only costs latency until reconnect
             logger.warning("outbox relay: LISTEN connection lost (%s)", exc)
-            return _close(listener)
+            _close(listener)
+            return None
         return listener
 
 
-def _close(listener):  # type: ignore[no-untyped-def]
+def _uuid(value: uuid.UUID | str) -> uuid.UUID:
+    """An id as the driver returns it (SQLite: 32 hex digits) as a UUID."""
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
+
+
+def _close(listener: Listener | None) -> None:
     if listener is not None:
         try:
             listener.close()
         except Exception:
             logger.debug("outbox relay: error closing listener", exc_info=True)
-    return None

@@ -109,3 +109,143 @@ RENEW_LEASES = (
     f"UPDATE {TABLE} SET lease_until = now() + make_interval(secs => %s) "
     "WHERE id = ANY(%s) AND lease_owner = %s AND status IN ('pending', 'failed')"
 )
+
+
+# -- the relay's claim ---------------------------------------------------------------------
+# A keyed message may go out only as part of its key's run: the unsent rows of its (topic,
+# key) in (epoch, sequence) order, from the lowest on (the head), each due and unleased,
+# with consecutive sequences. KEY_RUNS is the one statement that decides it; the others
+# lease what it found (LEASE_RUNS) or the keyless rows (CLAIM_KEYLESS). All compare times
+# on the database's clock. Each statement is O(its limit), however many rows are blocked:
+# the walk jumps from key to key down outbox_unsent_key_idx, so the rows queued behind a
+# blocked head cost nothing, and a keyless row in backoff lies past the range it scans.
+
+#: The statuses a relay may still send, as SQL.
+UNSENT_SQL = "('pending', 'failed')"
+
+#: The database's clock, and that clock plus %s seconds, as each vendor stores datetimes.
+_NOW = {
+    "postgresql": "now()",
+    "sqlite": "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')",
+}
+_LEASE_UNTIL = {
+    "postgresql": "now() + make_interval(secs => %s)",
+    "sqlite": "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', '+' || %s || ' seconds')",
+}
+#: Row locks that a concurrent claim skips instead of waiting for (SQLite has one writer).
+_SKIP_LOCKED = {"postgresql": "FOR UPDATE SKIP LOCKED", "sqlite": ""}
+_SKIP_LOCKED_OF_M = {"postgresql": "FOR UPDATE OF m SKIP LOCKED", "sqlite": ""}
+#: A key's epoch in order: rows from before epochs existed count as epoch 0.
+EPOCH = "COALESCE({t}.epoch, 0)"
+#: The runs KEY_RUNS found, passed back to LEASE_RUNS as one JSON parameter.
+_RUNS = {
+    "postgresql": (
+        "SELECT * FROM jsonb_to_recordset(%s::jsonb) "
+        "AS r(topic text, key text, epoch bigint, head bigint, n bigint)"
+    ),
+    "sqlite": (
+        "SELECT json_extract(value, '$.topic') AS topic, json_extract(value, '$.key') AS key, "
+        "json_extract(value, '$.epoch') AS epoch, json_extract(value, '$.head') AS head, "
+        "json_extract(value, '$.n') AS n FROM json_each(%s)"
+    ),
+}
+
+
+def _claimable(t: str, vendor: str) -> str:
+    """Row ``t`` may be claimed now: unsent, due and not leased (its key aside)."""
+    now = _NOW[vendor]
+    return (
+        f"{t}.status IN {UNSENT_SQL} AND {t}.available_at <= {now} "
+        f"AND ({t}.lease_until IS NULL OR {t}.lease_until < {now})"
+    )
+
+
+@functools.cache
+def key_runs(vendor: str) -> str:
+    """Walk the keys with unsent messages, after a cursor, and return each key's claimable
+    run: the head (lowest unsent (epoch, sequence)) and how many rows from it are claimable
+    with consecutive sequences. A key whose head is in backoff, leased or absent gives 0.
+
+    Parameters, in order: the cursor's topic and key (the walk starts strictly after it;
+    ``''``, ``''`` for the first key), the most rows to find, the most keys to visit,
+    whether to stop at a bound (0 or 1) and the bound's topic and key (inclusive).
+
+    Rows: ``depth, topic, key, epoch, head, run, before`` for every key with a run, in walk
+    order, plus the last key visited (``before`` is the rows found ahead of it). The walk
+    stops at the row limit, the key budget or the last key.
+    """
+    epoch_n, epoch_m = EPOCH.format(t="n"), EPOCH.format(t="m")
+    # Each step: the next key's head, one index descent past every row of the current key.
+    next_head = (
+        f"SELECT n.id FROM {TABLE} n WHERE n.status IN {UNSENT_SQL} AND n.key IS NOT NULL "
+        "AND (n.topic, n.key) > (w.topic, w.key) "
+        "AND (w.bounded = 0 OR (n.topic, n.key) <= (w.stop_topic, w.stop_key)) "
+        f"ORDER BY n.topic, n.key, {epoch_n}, n.sequence LIMIT 1"
+    )
+    # Its run: the claimable rows from the head in order, while the sequences stay
+    # consecutive (a row leased, in backoff, locked or missing ends it), at most as many as
+    # the walk still needs.
+    run = (
+        "SELECT count(*) FROM ("
+        f"SELECT m.sequence, row_number() OVER (ORDER BY m.sequence, m.id) AS rn FROM {TABLE} m "
+        f"WHERE m.key IS NOT NULL AND m.topic = h.topic AND m.key = h.key "
+        f"AND {epoch_m} = {EPOCH.format(t='h')} "
+        "AND m.sequence >= h.sequence AND m.sequence < h.sequence + w.lim - w.before - w.run "
+        f"AND {_claimable('m', vendor)}"
+        ") s WHERE s.sequence = h.sequence + s.rn - 1"
+    )
+    return (
+        "WITH RECURSIVE walk (depth, topic, key, epoch, head, run, before, "
+        "lim, budget, bounded, stop_topic, stop_key) AS ("
+        "SELECT 0, CAST(%s AS VARCHAR(255)), CAST(%s AS VARCHAR(255)), CAST(0 AS BIGINT), "
+        "CAST(0 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT), "
+        "CAST(%s AS BIGINT), CAST(%s AS INTEGER), "
+        "CAST(%s AS INTEGER), CAST(%s AS VARCHAR(255)), CAST(%s AS VARCHAR(255)) "
+        "UNION ALL "
+        f"SELECT w.depth + 1, h.topic, h.key, {EPOCH.format(t='h')}, h.sequence, ({run}), "
+        "w.before + w.run, w.lim, w.budget, w.bounded, w.stop_topic, w.stop_key "
+        f"FROM walk w JOIN {TABLE} h ON h.id = ({next_head}) "
+        "WHERE w.depth < w.budget AND w.before + w.run < w.lim"
+        ") "
+        "SELECT depth, topic, key, epoch, head, run, before FROM walk "
+        "WHERE depth > 0 AND (run > 0 OR depth = (SELECT max(depth) FROM walk)) ORDER BY depth"
+    )
+
+
+@functools.cache
+def lease_runs(vendor: str) -> str:
+    """Lease the runs KEY_RUNS found, as far as each is still claimable in one piece:
+    a row that another claim has locked, leased or sent meanwhile ends its run there.
+
+    Parameters: the runs as JSON (``[{"topic", "key", "epoch", "head", "n"}, …]``), the
+    lease's owner, its seconds. Returns the ids leased.
+    """
+    return (
+        f"WITH runs AS ({_RUNS[vendor]}), "
+        "locked AS ("
+        f"SELECT m.id, m.topic, m.key, m.sequence, r.head FROM runs r JOIN {TABLE} m "
+        f"ON m.topic = r.topic AND m.key = r.key AND {EPOCH.format(t='m')} = r.epoch "
+        "AND m.sequence >= r.head AND m.sequence < r.head + r.n "
+        f"WHERE m.key IS NOT NULL AND {_claimable('m', vendor)} {_SKIP_LOCKED_OF_M[vendor]}"
+        "), "
+        "kept AS ("
+        "SELECT id FROM (SELECT id, sequence, head, "
+        "row_number() OVER (PARTITION BY topic, key ORDER BY sequence, id) AS rn FROM locked) l "
+        "WHERE sequence = head + rn - 1"
+        ") "
+        f"UPDATE {TABLE} SET lease_owner = %s, lease_until = {_LEASE_UNTIL[vendor]} "
+        "WHERE id IN (SELECT id FROM kept) RETURNING id"
+    )
+
+
+@functools.cache
+def claim_keyless(vendor: str) -> str:
+    """Lease up to %s due keyless rows, the longest due first, skipping rows other claims
+    hold. Parameters: the limit, the lease's owner, its seconds. Returns the ids leased."""
+    return (
+        f"WITH due AS (SELECT m.id FROM {TABLE} m WHERE m.key IS NULL "
+        f"AND {_claimable('m', vendor)} ORDER BY m.available_at, m.id LIMIT %s "
+        f"{_SKIP_LOCKED[vendor]}) "
+        f"UPDATE {TABLE} SET lease_owner = %s, lease_until = {_LEASE_UNTIL[vendor]} "
+        "WHERE id IN (SELECT id FROM due) RETURNING id"
+    )

@@ -1,10 +1,12 @@
 """A TCP proxy the tests control, to cut a process off from RabbitMQ or PostgreSQL.
 
     with TcpProxy(("127.0.0.1", 5672)) as proxy:
-        url = f"amqp://guest:guest@127.0.0.1:{proxy.port}//"
+        url = proxy.via(broker_url)  # the same broker, through the proxy
         ...
         proxy.cut()       # drop every live connection and refuse new ones
         proxy.restore()   # accept connections again
+        proxy.freeze()    # keep every connection open but forward nothing (a hung peer)
+        proxy.thaw()      # forward again
 
 Threads, no dependencies; everything stops with ``close()``.
 """
@@ -15,6 +17,7 @@ import contextlib
 import selectors
 import socket
 import threading
+import urllib.parse
 
 
 class TcpProxy:
@@ -25,6 +28,8 @@ class TcpProxy:
         self.port: int = self._server.getsockname()[1]
         self._accepting = threading.Event()
         self._accepting.set()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
@@ -40,11 +45,25 @@ class TcpProxy:
     def restore(self) -> None:
         self._accepting.set()
 
+    def freeze(self) -> None:
+        """Keep every connection open and forward nothing: the peer seems hung, not gone."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
     def close(self) -> None:
         self._closed.set()
         self._drop_all()
         self._thread.join(timeout=5)
         self._server.close()
+
+    def via(self, url: str) -> str:
+        """``url`` (credentials, vhost, options) pointed at this proxy instead."""
+        parts = urllib.parse.urlsplit(url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@127.0.0.1:{self.port}" if userinfo else f"127.0.0.1:{self.port}"
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
     @property
     def connections(self) -> int:
@@ -91,6 +110,8 @@ class TcpProxy:
             selector.register(a, selectors.EVENT_READ, b)
             selector.register(b, selectors.EVENT_READ, a)
             while not self._closed.is_set():
+                if not self._flowing.wait(timeout=0.2):
+                    continue
                 for key, _ in selector.select(timeout=0.2):
                     data = key.fileobj.recv(65536)  # type: ignore[union-attr]
                     if not data:

@@ -92,7 +92,7 @@ def test_broker_connections_cut_and_restored(system, names, broker_url):
     """3. A TCP proxy between every process and RabbitMQ drops all connections, several
     times, while messages flow."""
     with TcpProxy(("127.0.0.1", 5672)) as proxy:
-        via_proxy = {"CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{proxy.port}//"}
+        via_proxy = {"CELERY_BROKER_URL": proxy.via(broker_url)}
         system.env.update(via_proxy)
         system.relay()
         system.worker()

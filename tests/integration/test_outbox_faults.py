@@ -45,7 +45,7 @@ def test_a_broker_outage_loses_nothing_and_charges_no_attempt(names, processes, 
     host, port = "127.0.0.1", kombu.Connection(broker_url).port or 5672
     with TcpProxy((host, port)) as proxy:
         relay = processes.relay(
-            CELERY_BROKER_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}//",
+            CELERY_BROKER_URL=proxy.via(broker_url),
             INBOX_OUTBOX_RELAY_BATCH_SIZE="50",
         )
         ids: list[str] = []

@@ -38,7 +38,7 @@ def short_lease(settings, names):
 
 
 def claim(relay: Relay) -> set:
-    batch, _ = relay._claim()
+    batch = relay._claim().batch
     return {m.id for m in batch}
 
 

@@ -176,3 +176,23 @@ def test_outbox_relay_once_drains_the_backlog_and_exits(names, queue, processes,
     assert done.returncode == 0, done.stderr
     assert "settled 25" in done.stdout
     assert len(read_queue(broker_url, queue)) == 25
+
+
+def test_a_keyed_message_the_relay_gives_up_on_is_announced_void_and_the_announcement_sent(
+    names, queue, broker_url, settings
+):
+    settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "UNROUTABLE": "dead"}
+    stale = publish("bound.event", {"n": 1}, key="k", ttl=60)
+    OutboxMessage.objects.filter(id=stale.id).update(
+        expires_at=timezone.now() - dt.timedelta(seconds=1)
+    )
+    dead = publish("nobody.listens", {"n": 2}, key="k")
+    relay_once()
+    assert OutboxMessage.objects.get(id=stale.id).status == "expired"
+    assert OutboxMessage.objects.get(id=dead.id).status == "dead"
+    announcements = {m.voids: m for m in OutboxMessage.objects.filter(voids__isnull=False)}
+    assert set(announcements) == {stale.id, dead.id}
+    void = announcements[stale.id]
+    assert (void.topic, void.key, void.sequence, void.status) == ("bound.event", "k", 1, "sent")
+    [delivered] = read_queue(broker_url, queue)  # the announcement of "nobody.listens" is dead
+    assert json.loads(delivered.body)["id"] == str(void.id)
