@@ -154,13 +154,15 @@ def _finite_float(literal: str) -> float:
 def json_value(raw: bytes) -> Any:
     """Decode strict JSON (what :func:`json_text` writes); :class:`LimitError` if it is not."""
     try:
-        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+        text = raw.decode()  # JSON between systems is UTF-8 (RFC 8259), never guessed
+    except UnicodeDecodeError as exc:
+        raise LimitError(f"is not UTF-8 text, so not JSON ({exc})") from exc
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except LimitError:
         raise
     except RecursionError:
         raise LimitError(f"is nested deeper than {JSON_DEPTH} levels") from None
-    except UnicodeDecodeError as exc:
-        raise LimitError(f"is not UTF-8 ({exc})") from exc
     except ValueError as exc:  # malformed, or an integer of more digits than Python converts
         raise LimitError(f"is not JSON ({exc})") from exc
 

@@ -7,7 +7,8 @@ import uuid
 import pytest
 from django.db import DataError, OperationalError
 
-from inbox.consumer import Receiver, Settle
+from inbox import consumer
+from inbox.consumer import Receiver
 from inbox.models import InboxMessage
 from inbox.processing import process_batch, process_delivery
 from inbox_outbox import limits
@@ -158,7 +159,7 @@ def test_a_content_error_the_checks_missed_rejects_that_message_and_never_requeu
     monkeypatch.setattr(limits, "_JSON_NUL", _NeverMatches())
     before, after = good(), good()
     outcomes = Receiver().handle(_messages([before, HOSTILE["nul_in_data"], after]))
-    assert outcomes == [Settle.ACK] * 3
+    assert outcomes == [consumer.Settle.ACK] * 3
     assert effects() == sorted([good_id(before), good_id(after)])
     [row] = rejected_with_body(HOSTILE["nul_in_data"][0])
     assert "the inbox failed on this message" in row.last_error and "DataError" in row.last_error
@@ -170,14 +171,12 @@ class _NeverMatches:
 
 
 def test_a_connection_error_requeues_the_batch_and_charges_nothing(names, monkeypatch):
-    import inbox.consumer
-
     def down(*args, **kwargs):
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(inbox.consumer, "process_batch", down)
-    monkeypatch.setattr(inbox.consumer, "DATABASE_DOWN_PAUSE", 0)
-    assert Receiver().handle(_messages([good(), good()])) == [Settle.REQUEUE] * 2
+    monkeypatch.setattr(consumer, "process_batch", down)
+    monkeypatch.setattr(consumer, "DATABASE_DOWN_PAUSE", 0)
+    assert Receiver().handle(_messages([good(), good()])) == [consumer.Settle.REQUEUE] * 2
     assert not InboxMessage.objects.exists()
 
 
@@ -198,7 +197,7 @@ def test_an_exception_escaping_the_processing_never_leaves_a_batch_unacknowledge
     receiver = Receiver()
     outcomes = receiver.handle(batch)
     receiver.settle(batch, outcomes)
-    assert outcomes == [Settle.ACK, Settle.DEAD_LETTER, Settle.ACK]
+    assert outcomes == [consumer.Settle.ACK, consumer.Settle.DEAD_LETTER, consumer.Settle.ACK]
     assert [m.settled for m in batch] == ["ack", "reject", "ack"]
     monkeypatch.setattr(inbox.processing, "_reject", real)
 

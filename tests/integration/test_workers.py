@@ -1,6 +1,7 @@
 """Exactly-once effects with real Celery worker processes consuming RabbitMQ."""
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -44,7 +45,13 @@ class Sender:
 
     def __init__(self, names):
         self.names = names
-        self.conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest")
+        url = kombu.Connection(os.environ["CELERY_BROKER_URL"])  # its vhost: the workers'
+        self.conn = amqp.Connection(
+            f"{url.hostname or '127.0.0.1'}:{url.port or 5672}",
+            userid=url.userid or "guest",
+            password=url.password or "guest",
+            virtual_host=url.virtual_host or "/",
+        )
         self.conn.connect()
         self.channel = self.conn.channel()
 

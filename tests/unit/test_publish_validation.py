@@ -1,13 +1,18 @@
 """publish() refuses bad input with a clear error, writes nothing, and leaves the caller's
 transaction to the caller."""
 
+import contextlib
 import datetime as dt
 import decimal
 import uuid
 
 import pytest
 from django.db import transaction
+from hypothesis import HealthCheck, given
+from hypothesis import settings as settings_profile
+from hypothesis import strategies as st
 
+from inbox_outbox import limits
 from inbox_outbox.cloudevents import Outgoing, amqp_properties, encode
 from outbox import (
     NotInTransaction,
@@ -28,12 +33,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
         ({"topic": "", "payload": {}}, "topic must be a non-empty string"),
         ({"topic": None, "payload": {}}, "topic must be a non-empty string"),
         ({"topic": "t" * 256, "payload": {}}, "at most 255 characters"),
+        ({"topic": "é" * 200, "payload": {}}, "400 bytes of UTF-8, over AMQP's limit of 255"),
         ({"topic": "t", "payload": {"x": object()}}, "not JSON-serialisable"),
         ({"topic": "t", "payload": {}, "key": ""}, "key must be a non-empty string"),
         ({"topic": "t", "payload": {}, "headers": ["x"]}, "headers must be a dict"),
         ({"topic": "t", "payload": {}, "headers": {"h": object()}}, "headers for topic 't'"),
         ({"topic": "t", "payload": {}, "ttl": 0}, "ttl must be positive"),
     ],
+    ids=lambda value: str(value)[:40] if isinstance(value, str) else None,
 )
 def test_bad_arguments_raise_a_publish_error_and_write_nothing(kwargs, message):
     with pytest.raises(PublishError, match=message):
@@ -171,3 +178,186 @@ def test_the_envelope_stays_valid_json_for_strings_that_need_escaping():
     assert (
         "é".encode() in body
     )  # not escaped to \u00e9: the same bytes as json.dumps(ensure_ascii=False)
+
+
+_DEEP: list = []
+for _ in range(100_000):
+    _DEEP = [_DEEP]
+_HUGE_HEADER_NAME = "h" * 256
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"payload": {"x": float("nan")}}, "NaN or an infinite number"),
+        ({"payload": [float("inf")]}, "NaN or an infinite number"),
+        ({"payload": {"x": "a\x00b"}}, "NUL"),
+        ({"payload": {"a\x00": 1}}, "NUL"),
+        ({"payload": "\ud800"}, "lone surrogate"),
+        ({"payload": _DEEP}, "nested deeper than 100 levels"),
+        ({"payload": 10**5000}, "not JSON-serialisable"),
+        ({"topic": "t\x00"}, "NUL"),
+        ({"topic": "t\udfff"}, "lone surrogate"),
+        ({"key": "k\x00"}, "NUL"),
+        ({"key": "\ud800"}, "lone surrogate"),
+        ({"headers": {"h": "v\x00"}}, "NUL"),
+        ({"headers": {"h\x00": "v"}}, "NUL"),
+        ({"headers": {"h": float("nan")}}, "NaN"),
+        ({"headers": {"h": "\ud800"}}, "lone surrogate"),
+        ({"headers": {_HUGE_HEADER_NAME: "v"}}, "256 characters, over the limit of 255"),
+        ({"headers": {"é" * 128: "v"}}, "256 bytes of UTF-8, over AMQP's limit of 255"),
+        ({"headers": {"h": 2**63}}, "beyond AMQP's 64 bits"),
+        ({"headers": {"h": [-(2**63) - 1]}}, "beyond AMQP's 64 bits"),
+        ({"headers": {1: "v"}}, "not a string"),
+        ({"dedup_key": "d\x00"}, "NUL"),
+        ({"dedup_key": "d" * 300}, "300 characters, over the limit of 255"),
+        ({"dedup_key": "\udc80"}, "lone surrogate"),
+        ({"ttl": float("nan")}, "ttl must be positive and finite"),
+        ({"ttl": float("inf")}, "ttl must be positive and finite"),
+        ({"ttl": "abc"}, "ttl must be a timedelta or a number"),
+        ({"ttl": 1e12}, "ttl must be at most 315360000 seconds"),
+        ({"ttl": 10**400}, "ttl must be positive and finite"),
+        ({"ttl": dt.timedelta(days=999_999_999)}, "ttl must be at most"),
+    ],
+    ids=[
+        "nan_payload",
+        "inf_payload",
+        "nul_in_payload",
+        "nul_in_payload_name",
+        "lone_surrogate_payload",
+        "payload_100k_deep",
+        "payload_5000_digit_int",
+        "nul_in_topic",
+        "lone_surrogate_topic",
+        "nul_in_key",
+        "lone_surrogate_key",
+        "nul_in_header_value",
+        "nul_in_header_name",
+        "nan_header",
+        "lone_surrogate_header",
+        "header_name_256_chars",
+        "header_name_256_bytes",
+        "header_int_past_64_bits",
+        "header_int_below_64_bits",
+        "header_name_not_a_string",
+        "nul_in_dedup_key",
+        "dedup_key_300_chars",
+        "lone_surrogate_dedup_key",
+        "ttl_nan",
+        "ttl_inf",
+        "ttl_text",
+        "ttl_1e12",
+        "ttl_huge_int",
+        "ttl_huge_timedelta",
+    ],
+)
+def test_input_the_database_or_amqp_cannot_carry_raises_a_publish_error_inside_publish(
+    kwargs, message
+):
+    arguments = {"topic": "t", "payload": {}, **kwargs}
+    with transaction.atomic():
+        Order.objects.create(customer="c", amount=1)
+        with pytest.raises(PublishError, match=message):
+            publish(**arguments)
+        # Nothing was held back to fail later: the next statement and COMMIT succeed.
+        Order.objects.create(customer="d", amount=2)
+    assert Order.objects.count() == 2 and not OutboxMessage.objects.exists()
+
+
+@pytest.mark.parametrize("dedup", [None, "d-1"], ids=["plain", "with_dedup_key"])
+def test_publishing_in_a_transaction_an_earlier_database_error_broke_raises_a_publish_error(
+    dedup,
+):
+    from django.db import DatabaseError, connection
+
+    with pytest.raises(DatabaseError), transaction.atomic():
+        with pytest.raises(DatabaseError), connection.cursor() as cursor:
+            cursor.execute("SELECT 1/0")
+        with pytest.raises(PublishError, match="an earlier database error already broke"):
+            publish("t", {}, key="k", dedup_key=dedup)
+        raise DatabaseError("the caller gives up")
+    assert not OutboxMessage.objects.exists()
+
+
+# Property: whatever publish() is given, it raises PublishError or stores a row that reads
+# back as what was given (and never a database error, now or at the next statement).
+
+_AWKWARD = st.sampled_from(["\x00", "\ud800", "\udfff", "é", "😀", "\\", '"', "\x7f"])
+_CHARS = st.one_of(st.characters(exclude_categories=()), _AWKWARD)
+_TEXT = st.text(_CHARS, max_size=40) | st.text(_CHARS, min_size=250, max_size=300)
+_NUMBER = st.integers() | st.floats() | st.integers(min_value=-(2**70), max_value=2**70)
+_LEAF = st.none() | st.booleans() | _NUMBER | _TEXT
+_JSON = st.recursive(
+    _LEAF,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@st.composite
+def _nested(draw):
+    value = draw(_LEAF)
+    for _ in range(draw(st.integers(min_value=95, max_value=5_000))):
+        value = [value]
+    return value
+
+
+_ARGUMENTS = st.fixed_dictionaries(
+    {
+        "topic": _TEXT | st.just("é" * 200) | st.just("é" * 127),
+        "payload": _JSON | _nested(),
+    },
+    optional={
+        "key": st.none() | _TEXT,
+        "headers": st.none() | st.dictionaries(_TEXT, _JSON, max_size=3),
+        "dedup_key": st.none() | _TEXT,
+        "ttl": st.none()
+        | st.floats()
+        | st.integers()
+        | st.timedeltas()
+        | _TEXT
+        | st.just(limits.MAX_TTL_SECONDS),
+    },
+)
+
+
+def _same(value):
+    """``value`` compared as JSON compares it: numbers by value (PostgreSQL's jsonb keeps the
+    number, not its spelling: ``1e+23`` reads back as ``100000000000000000000000``)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return decimal.Decimal(value)
+    if isinstance(value, float):
+        return decimal.Decimal(repr(value))
+    if isinstance(value, list):
+        return [_same(item) for item in value]
+    return {name: _same(item) for name, item in value.items()}
+
+
+class _Rollback(Exception):
+    pass
+
+
+@settings_profile(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(arguments=_ARGUMENTS)
+def test_any_input_raises_a_publish_error_or_stores_a_row_that_round_trips(arguments):
+    with contextlib.suppress(_Rollback), transaction.atomic():
+        try:
+            message = publish(**arguments)
+        except PublishError:
+            Order.objects.create(customer="c", amount=1)  # the transaction is still usable
+            raise _Rollback from None
+        stored = OutboxMessage.objects.get(id=message.id)
+        assert stored.topic == arguments["topic"]
+        assert stored.key == arguments.get("key")
+        assert stored.dedup_key == arguments.get("dedup_key")
+        assert _same(stored.payload) == _same(arguments["payload"])
+        assert _same(stored.headers) == _same(arguments.get("headers") or {})
+        assert (stored.expires_at is None) == (arguments.get("ttl") is None)
+        raise _Rollback
+    assert not OutboxMessage.objects.exists()
