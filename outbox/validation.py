@@ -97,8 +97,8 @@ def ttl_seconds(ttl: object) -> float | None:
             f"ttl must be a timedelta or a number of seconds, got {type(ttl).__name__} "
             f"{_shown(ttl)}."
         )
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise PublishError(f"ttl must be positive and finite, got {_shown(ttl)}.")
+    if math.isnan(seconds) or seconds <= 0:
+        raise PublishError(f"ttl must be positive, got {_shown(ttl)}.")
     if seconds > limits.MAX_TTL_SECONDS:
         raise PublishError(
             f"ttl must be at most {limits.MAX_TTL_SECONDS} seconds (ten years; RabbitMQ "

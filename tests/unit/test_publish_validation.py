@@ -32,7 +32,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
     [
         ({"topic": "", "payload": {}}, "topic must be a non-empty string"),
         ({"topic": None, "payload": {}}, "topic must be a non-empty string"),
-        ({"topic": "t" * 256, "payload": {}}, "at most 255 characters"),
+        ({"topic": "t" * 256, "payload": {}}, "over the limit of 255"),
         ({"topic": "é" * 200, "payload": {}}, "400 bytes of UTF-8, over AMQP's limit of 255"),
         ({"topic": "t", "payload": {"x": object()}}, "not JSON-serialisable"),
         ({"topic": "t", "payload": {}, "key": ""}, "key must be a non-empty string"),
@@ -212,11 +212,11 @@ _HUGE_HEADER_NAME = "h" * 256
         ({"dedup_key": "d\x00"}, "NUL"),
         ({"dedup_key": "d" * 300}, "300 characters, over the limit of 255"),
         ({"dedup_key": "\udc80"}, "lone surrogate"),
-        ({"ttl": float("nan")}, "ttl must be positive and finite"),
-        ({"ttl": float("inf")}, "ttl must be positive and finite"),
+        ({"ttl": float("nan")}, "ttl must be positive"),
+        ({"ttl": float("inf")}, "ttl must be at most 315360000 seconds"),
         ({"ttl": "abc"}, "ttl must be a timedelta or a number"),
         ({"ttl": 1e12}, "ttl must be at most 315360000 seconds"),
-        ({"ttl": 10**400}, "ttl must be positive and finite"),
+        ({"ttl": 10**400}, "ttl must be at most 315360000 seconds"),
         ({"ttl": dt.timedelta(days=999_999_999)}, "ttl must be at most"),
     ],
     ids=[
@@ -270,12 +270,17 @@ def test_publishing_in_a_transaction_an_earlier_database_error_broke_raises_a_pu
 ):
     from django.db import DatabaseError, connection
 
-    with pytest.raises(DatabaseError), transaction.atomic():
-        with pytest.raises(DatabaseError), connection.cursor() as cursor:
+    raised = None
+    with contextlib.suppress(_Rollback), transaction.atomic():
+        with contextlib.suppress(DatabaseError), connection.cursor() as cursor:
             cursor.execute("SELECT 1/0")
-        with pytest.raises(PublishError, match="an earlier database error already broke"):
+        try:
             publish("t", {}, key="k", dedup_key=dedup)
-        raise DatabaseError("the caller gives up")
+        except Exception as exc:
+            raised = exc
+        raise _Rollback
+    assert isinstance(raised, PublishError), repr(raised)
+    assert "an earlier database error already broke" in str(raised)
     assert not OutboxMessage.objects.exists()
 
 
@@ -361,3 +366,124 @@ def test_any_input_raises_a_publish_error_or_stores_a_row_that_round_trips(argum
         assert (stored.expires_at is None) == (arguments.get("ttl") is None)
         raise _Rollback
     assert not OutboxMessage.objects.exists()
+
+
+# -- what the database, strict JSON or AMQP cannot hold is refused inside publish() (issue 13)
+
+
+def nested(depth):
+    """``depth`` arrays, one inside the other."""
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+DEEP = nested(100_000)
+
+REFUSED = {
+    "nan_payload": ({"topic": "t", "payload": {"x": float("nan")}}, "NaN"),
+    "infinite_payload": ({"topic": "t", "payload": [float("inf")]}, "infinite"),
+    "nul_in_payload": ({"topic": "t", "payload": {"x": "a\x00b"}}, "NUL"),
+    "nul_in_a_payload_key": ({"topic": "t", "payload": {"a\x00": 1}}, "NUL"),
+    "nul_in_topic": ({"topic": "t\x00", "payload": {}}, "NUL"),
+    "nul_in_key": ({"topic": "t", "payload": {}, "key": "k\x00"}, "NUL"),
+    "nul_in_a_header_value": ({"topic": "t", "payload": {}, "headers": {"h": "\x00"}}, "NUL"),
+    "nul_in_a_header_name": ({"topic": "t", "payload": {}, "headers": {"h\x00": 1}}, "NUL"),
+    "nul_in_dedup_key": ({"topic": "t", "payload": {}, "dedup_key": "d\x00"}, "NUL"),
+    "lone_surrogate_in_payload": ({"topic": "t", "payload": "\ud800"}, "surrogate"),
+    "lone_surrogate_in_topic": ({"topic": "t\udc00", "payload": {}}, "surrogate"),
+    "lone_surrogate_in_key": ({"topic": "t", "payload": {}, "key": "\ud800"}, "surrogate"),
+    "payload_nested_100k_deep": ({"topic": "t", "payload": DEEP}, "nested deeper"),
+    "payload_nested_101_deep": ({"topic": "t", "payload": nested(101)}, "101 levels"),
+    "ttl_nan": ({"topic": "t", "payload": {}, "ttl": float("nan")}, "ttl must be positive"),
+    "ttl_abc": ({"topic": "t", "payload": {}, "ttl": "abc"}, "number of seconds"),
+    "ttl_1e12": ({"topic": "t", "payload": {}, "ttl": 1e12}, "ten years"),
+    "ttl_infinite": ({"topic": "t", "payload": {}, "ttl": float("inf")}, "ten years"),
+    "ttl_true": ({"topic": "t", "payload": {}, "ttl": True}, "number of seconds"),
+    "dedup_key_of_300_characters": (
+        {"topic": "t", "payload": {}, "dedup_key": "d" * 300},
+        "over the limit of 255",
+    ),
+    "topic_over_255_bytes_of_utf8": ({"topic": "é" * 200, "payload": {}}, "255"),
+    "header_name_over_255_bytes": (
+        {"topic": "t", "payload": {}, "headers": {"h" * 256: 1}},
+        "field name",
+    ),
+    "header_integer_past_64_bits": (
+        {"topic": "t", "payload": {}, "headers": {"n": 2**64}},
+        "64 bits",
+    ),
+    "nested_header_integer_past_64_bits": (
+        {"topic": "t", "payload": {}, "headers": {"n": {"m": [-(2**63) - 1]}}},
+        "64 bits",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_what_cannot_be_stored_or_carried_raises_a_publish_error_inside_publish_itself(name):
+    kwargs, phrase = REFUSED[name]
+    with transaction.atomic():
+        Order.objects.create(customer="c", amount=1)
+        with pytest.raises(PublishError, match=phrase):
+            publish(**kwargs)
+        Order.objects.create(customer="d", amount=2)  # the next statement is not poisoned
+    # ... and neither is COMMIT: the business rows are there, no message is.
+    assert Order.objects.count() == 2 and not OutboxMessage.objects.exists()
+
+
+def test_a_payload_at_the_depth_limit_is_accepted():
+    with transaction.atomic():
+        message = publish("t", nested(100))
+    assert OutboxMessage.objects.get(id=message.id).payload == nested(100)
+
+
+def test_a_ttl_of_ten_years_is_accepted_and_a_timedelta_too():
+    with transaction.atomic():
+        publish("t", {}, ttl=10 * 365 * 24 * 3600)
+        publish("t", {}, ttl=dt.timedelta(days=1))
+    assert OutboxMessage.objects.filter(expires_at__isnull=False).count() == 2
+
+
+def test_publishing_in_a_transaction_broken_by_a_caught_database_error_raises_a_publish_error():
+    from django.db import DatabaseError, connection
+
+    with transaction.atomic():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1/0")
+        except DatabaseError:
+            pass  # caught, but the transaction is now aborted
+        with pytest.raises(PublishError, match="already broke"):
+            publish("t", {})
+        transaction.set_rollback(True)
+    assert not OutboxMessage.objects.exists()
+
+
+def test_publishing_after_a_caught_integrity_error_of_the_orm_raises_a_publish_error():
+    from django.db import IntegrityError
+
+    from tests.testapp.models import Account
+
+    Account.objects.create(name="taken")
+    with transaction.atomic():
+        with contextlib.suppress(IntegrityError):
+            Account.objects.create(name="taken")
+        with pytest.raises(PublishError, match="already broke"):
+            publish("t", {})
+        transaction.set_rollback(True)
+    assert not OutboxMessage.objects.exists()
+
+
+def test_a_database_error_caught_inside_a_savepoint_leaves_publish_usable():
+    from django.db import DatabaseError, connection
+
+    with transaction.atomic():
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SELECT 1/0")
+        except DatabaseError:
+            pass
+        publish("t", {})
+    assert OutboxMessage.objects.count() == 1
