@@ -32,7 +32,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
     [
         ({"topic": "", "payload": {}}, "topic must be a non-empty string"),
         ({"topic": None, "payload": {}}, "topic must be a non-empty string"),
-        ({"topic": "t" * 256, "payload": {}}, "over the limit of 255"),
+        ({"topic": "t" * 256, "payload": {}}, "at most 255 characters"),
         ({"topic": "é" * 200, "payload": {}}, "400 bytes of UTF-8, over AMQP's limit of 255"),
         ({"topic": "t", "payload": {"x": object()}}, "not JSON-serialisable"),
         ({"topic": "t", "payload": {}, "key": ""}, "key must be a non-empty string"),
@@ -178,90 +178,6 @@ def test_the_envelope_stays_valid_json_for_strings_that_need_escaping():
     assert (
         "é".encode() in body
     )  # not escaped to \u00e9: the same bytes as json.dumps(ensure_ascii=False)
-
-
-_DEEP: list = []
-for _ in range(100_000):
-    _DEEP = [_DEEP]
-_HUGE_HEADER_NAME = "h" * 256
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"payload": {"x": float("nan")}}, "NaN or an infinite number"),
-        ({"payload": [float("inf")]}, "NaN or an infinite number"),
-        ({"payload": {"x": "a\x00b"}}, "NUL"),
-        ({"payload": {"a\x00": 1}}, "NUL"),
-        ({"payload": "\ud800"}, "lone surrogate"),
-        ({"payload": _DEEP}, "nested deeper than 100 levels"),
-        ({"payload": 10**5000}, "not JSON-serialisable"),
-        ({"topic": "t\x00"}, "NUL"),
-        ({"topic": "t\udfff"}, "lone surrogate"),
-        ({"key": "k\x00"}, "NUL"),
-        ({"key": "\ud800"}, "lone surrogate"),
-        ({"headers": {"h": "v\x00"}}, "NUL"),
-        ({"headers": {"h\x00": "v"}}, "NUL"),
-        ({"headers": {"h": float("nan")}}, "NaN"),
-        ({"headers": {"h": "\ud800"}}, "lone surrogate"),
-        ({"headers": {_HUGE_HEADER_NAME: "v"}}, "256 characters, over the limit of 255"),
-        ({"headers": {"é" * 128: "v"}}, "256 bytes of UTF-8, over AMQP's limit of 255"),
-        ({"headers": {"h": 2**63}}, "beyond AMQP's 64 bits"),
-        ({"headers": {"h": [-(2**63) - 1]}}, "beyond AMQP's 64 bits"),
-        ({"headers": {1: "v"}}, "not a string"),
-        ({"dedup_key": "d\x00"}, "NUL"),
-        ({"dedup_key": "d" * 300}, "300 characters, over the limit of 255"),
-        ({"dedup_key": "\udc80"}, "lone surrogate"),
-        ({"ttl": float("nan")}, "ttl must be positive"),
-        ({"ttl": float("inf")}, "ttl must be at most 315360000 seconds"),
-        ({"ttl": "abc"}, "ttl must be a timedelta or a number"),
-        ({"ttl": 1e12}, "ttl must be at most 315360000 seconds"),
-        ({"ttl": 10**400}, "ttl must be at most 315360000 seconds"),
-        ({"ttl": dt.timedelta(days=999_999_999)}, "ttl must be at most"),
-    ],
-    ids=[
-        "nan_payload",
-        "inf_payload",
-        "nul_in_payload",
-        "nul_in_payload_name",
-        "lone_surrogate_payload",
-        "payload_100k_deep",
-        "payload_5000_digit_int",
-        "nul_in_topic",
-        "lone_surrogate_topic",
-        "nul_in_key",
-        "lone_surrogate_key",
-        "nul_in_header_value",
-        "nul_in_header_name",
-        "nan_header",
-        "lone_surrogate_header",
-        "header_name_256_chars",
-        "header_name_256_bytes",
-        "header_int_past_64_bits",
-        "header_int_below_64_bits",
-        "header_name_not_a_string",
-        "nul_in_dedup_key",
-        "dedup_key_300_chars",
-        "lone_surrogate_dedup_key",
-        "ttl_nan",
-        "ttl_inf",
-        "ttl_text",
-        "ttl_1e12",
-        "ttl_huge_int",
-        "ttl_huge_timedelta",
-    ],
-)
-def test_input_the_database_or_amqp_cannot_carry_raises_a_publish_error_inside_publish(
-    kwargs, message
-):
-    arguments = {"topic": "t", "payload": {}, **kwargs}
-    with transaction.atomic():
-        Order.objects.create(customer="c", amount=1)
-        with pytest.raises(PublishError, match=message):
-            publish(**arguments)
-        # Nothing was held back to fail later: the next statement and COMMIT succeed.
-        Order.objects.create(customer="d", amount=2)
-    assert Order.objects.count() == 2 and not OutboxMessage.objects.exists()
 
 
 @pytest.mark.parametrize("dedup", [None, "d-1"], ids=["plain", "with_dedup_key"])
@@ -413,6 +329,26 @@ REFUSED = {
     "header_integer_past_64_bits": (
         {"topic": "t", "payload": {}, "headers": {"n": 2**64}},
         "64 bits",
+    ),
+    "nan_in_a_header": ({"topic": "t", "payload": {}, "headers": {"h": float("nan")}}, "NaN"),
+    "lone_surrogate_in_a_header": (
+        {"topic": "t", "payload": {}, "headers": {"h": "\ud800"}},
+        "surrogate",
+    ),
+    "header_name_over_255_bytes_of_utf8": (
+        {"topic": "t", "payload": {}, "headers": {"é" * 128: 1}},
+        "256 bytes of UTF-8, over AMQP's limit of 255",
+    ),
+    "header_name_not_a_string": ({"topic": "t", "payload": {}, "headers": {1: "v"}}, "string"),
+    "lone_surrogate_in_dedup_key": (
+        {"topic": "t", "payload": {}, "dedup_key": "\udc80"},
+        "surrogate",
+    ),
+    "integer_of_5000_digits": ({"topic": "t", "payload": 10**5000}, "not JSON-serialisable"),
+    "ttl_integer_beyond_a_double": ({"topic": "t", "payload": {}, "ttl": 10**400}, "ten years"),
+    "ttl_timedelta_over_ten_years": (
+        {"topic": "t", "payload": {}, "ttl": dt.timedelta(days=999_999_999)},
+        "ten years",
     ),
     "nested_header_integer_past_64_bits": (
         {"topic": "t", "payload": {}, "headers": {"n": {"m": [-(2**63) - 1]}}},
