@@ -124,15 +124,20 @@ def usable_transaction(connection: Any, alias: str) -> None:
         )
 
 
+#: libpq's ``PQTRANS_INERROR`` (psycopg's ``TransactionStatus.INERROR``, psycopg2's
+#: ``TRANSACTION_STATUS_INERROR``): the open transaction has failed.
+_INERROR = 3
+
+
 def _database_says_failed(connection: Any) -> bool:
-    """Whether the driver reports the open transaction as failed (psycopg's ``INERROR``):
-    known without a round trip."""
+    """Whether the driver reports the open transaction as failed: known without a round
+    trip (libpq keeps the status the server sent with its last reply)."""
     if connection.vendor != "postgresql" or connection.connection is None:
         return False
-    info = getattr(connection.connection, "info", None)
-    if info is None:  # psycopg2
-        status = getattr(connection.connection, "get_transaction_status", None)
-        return status is not None and status() == 3  # TRANSACTION_STATUS_INERROR
-    from psycopg.pq import TransactionStatus
-
-    return bool(info.transaction_status == TransactionStatus.INERROR)
+    raw = connection.connection
+    info = getattr(raw, "info", None)
+    status = getattr(info, "transaction_status", None)
+    if status is None:  # psycopg2
+        get_status = getattr(raw, "get_transaction_status", None)
+        status = get_status() if get_status is not None else None
+    return bool(status == _INERROR)
