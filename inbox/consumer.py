@@ -19,6 +19,7 @@ from inbox_outbox.limits import printable
 
 from .processing import Delivery, process_batch, process_delivery
 from .registry import registry
+from .shortstr import decode_leniently
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Receiver:
         self, *, schedule: Callable[[float, Callable[[], None]], Any] | None = None
     ) -> None:
         conf = get_settings()
+        decode_leniently()  # a non-UTF-8 message_id must reach us, not kill the connection
         self.batch_size = max(1, conf.inbox_batch_size)
         self.delay = conf.inbox_batch_delay
         self.schedule = schedule

@@ -13,7 +13,7 @@ from inbox.models import InboxMessage
 from inbox.processing import process_batch, process_delivery
 from inbox_outbox import limits
 from inbox_outbox.cloudevents import CONTENT_TYPE
-from tests.conftest import cloudevent
+from tests.conftest import cloudevent, wait_until
 from tests.testapp.models import Effect
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -230,3 +230,25 @@ def test_a_hostile_batch_through_the_receiver_is_acknowledged_in_full(names):
     assert [m.settled for m in batch] == ["ack"] * len(batch)
     assert InboxMessage.objects.rejected().count() == len(HOSTILE)
     assert len(effects()) == 2
+
+
+def test_a_message_id_property_that_is_not_utf8_is_stored_rejected_and_the_worker_lives(
+    processes, broker_url, names
+):
+    """py-amqp used to raise UnicodeDecodeError reading such a frame: the worker exited, and
+    the next worker to receive the message exited too."""
+    from tests.integration.test_workers import Sender, consumers_idle, start_workers
+
+    [worker] = start_workers(processes, broker_url, names)
+    sender = Sender(names)
+    try:
+        sender.raw(b'{"bad": 1}', to_queue=True, message_id=b"\xff\xfe", type="test.effect")
+        sender.raw(b'{"bad": 2}', to_queue=True, message_id="ok-id", type=b"\xc3(")
+        sender.raw(json.dumps(event_body(id="after")).encode(), to_queue=True)
+    finally:
+        sender.close()
+    wait_until(lambda: effects() == ["after"], timeout=30, message="the good message after them")
+    for body in (b'{"bad": 1}', b'{"bad": 2}'):
+        [row] = rejected_with_body(body)
+        assert "surrogate" in row.last_error, row.last_error
+    assert consumers_idle(broker_url, names.queue) and worker.poll() is None
