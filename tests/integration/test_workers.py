@@ -133,8 +133,9 @@ def test_two_workers_handed_the_same_message_at_once_commit_it_once(
 
 
 def unacknowledged(queue):
+    vhost = kombu.Connection(os.environ["CELERY_BROKER_URL"]).virtual_host or "/"
     listing = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages_unacknowledged"],
         capture_output=True,
         text=True,
         timeout=30,
