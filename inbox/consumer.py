@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -9,18 +10,32 @@ from collections.abc import Callable
 from typing import Any
 
 import kombu
-from django.db import DatabaseError, InterfaceError, connections
+from django.db import connections
 
 from inbox_outbox.broker import connect, events_exchange
 from inbox_outbox.conf import get_settings
+from inbox_outbox.faults import blames_content
+from inbox_outbox.limits import printable
 
-from .processing import process_batch, process_delivery
+from .processing import Delivery, process_batch, process_delivery
 from .registry import registry
+from .shortstr import decode_leniently
 
 logger = logging.getLogger(__name__)
 
 #: How long to pause before requeueing deliveries the database could not take.
 DATABASE_DOWN_PAUSE = 1.0
+
+
+class Settle(enum.Enum):
+    """What to tell the broker of one delivery."""
+
+    #: Durable in the inbox (handled, waiting, failed, dead or rejected): acknowledge.
+    ACK = "ack"
+    #: The database could not take it: give it back (``basic.nack`` with requeue).
+    REQUEUE = "requeue"
+    #: Not storable even as rejected: refuse it without requeue (to the dead-letter queue).
+    DEAD_LETTER = "dead-letter"
 
 
 def service_queue() -> kombu.Queue:
@@ -54,6 +69,7 @@ class Receiver:
         self, *, schedule: Callable[[float, Callable[[], None]], Any] | None = None
     ) -> None:
         conf = get_settings()
+        decode_leniently()  # a non-UTF-8 message_id must reach us, not kill the connection
         self.batch_size = max(1, conf.inbox_batch_size)
         self.delay = conf.inbox_batch_delay
         self.schedule = schedule
@@ -74,40 +90,78 @@ class Receiver:
         with self._lock:
             batch, self.pending = self.pending, []
             if batch:
-                self.settle(batch, durable=self.handle(batch))
+                self.settle(batch, self.handle(batch))
 
-    def handle(self, batch: list[kombu.Message]) -> bool:
-        """Make ``batch`` durable in the inbox; ``False`` if the database could not take it.
+    def handle(self, batch: list[kombu.Message]) -> list[Settle]:
+        """Make ``batch`` durable in the inbox; return what to tell the broker of each delivery.
 
+        Never raises: a delivery whose content is bad is stored rejected by the processing
+        (and acked); an error of the database sends the batch back (requeue) after a pause;
+        a delivery that cannot even be stored as rejected goes to the dead-letter queue.
         Thread-safe apart from the broker: it touches no channel, so :class:`~inbox.lanes.Lanes`
         runs it on handler threads and settles on the consuming thread.
         """
-        deliveries = [(m.body, dict(m.properties), m.headers) for m in batch]
+        deliveries = [_delivery(m) for m in batch]
         try:
             if len(batch) == 1:
                 process_delivery(*deliveries[0])
             else:
                 process_batch(deliveries)
-        except (DatabaseError, InterfaceError) as exc:
-            # Nothing is durable: the deliveries go back to the broker, and we slow down.
-            logger.warning(
-                "inbox: database unavailable (%s); requeueing %d message(s)", exc, len(batch)
-            )
-            for conn in connections.all(initialized_only=True):
-                conn.close_if_unusable_or_obsolete()
-            time.sleep(DATABASE_DOWN_PAUSE)
-            return False
-        return True
+        except Exception as exc:
+            if not blames_content(exc):
+                return self._database_down(exc, len(batch))
+            # Some delivery could not even be stored as rejected: find it, alone.
+            return [self._handle_alone(delivery) for delivery in deliveries]
+        return [Settle.ACK] * len(batch)
 
-    def settle(self, batch: list[kombu.Message], *, durable: bool) -> None:
-        """Acknowledge ``batch`` once durable, else hand it back; on the consuming thread."""
-        for message in batch:
-            if durable:
+    def _handle_alone(self, delivery: Delivery) -> Settle:
+        try:
+            process_delivery(*delivery)
+        except Exception as exc:
+            if not blames_content(exc):
+                return self._database_down(exc, 1)[0]
+            logger.error(
+                "inbox: a delivery could not be stored, not even as rejected; it goes to the "
+                "queue's dead-letter exchange (if any). Body %s, properties %s",
+                printable(delivery[0], 500),
+                printable(delivery[1], 500),
+                exc_info=True,
+            )
+            return Settle.DEAD_LETTER
+        return Settle.ACK
+
+    def _database_down(self, exc: BaseException, count: int) -> list[Settle]:
+        # Nothing is durable: the deliveries go back to the broker, and we slow down.
+        logger.warning(
+            "inbox: database unavailable (%s); requeueing %d message(s)",
+            printable(exc, 500),
+            count,
+        )
+        for conn in connections.all(initialized_only=True):
+            conn.close_if_unusable_or_obsolete()
+        time.sleep(DATABASE_DOWN_PAUSE)
+        return [Settle.REQUEUE] * count
+
+    def settle(self, batch: list[kombu.Message], outcomes: list[Settle]) -> None:
+        """Tell the broker what became of each delivery of ``batch``; on the consuming thread.
+
+        Acknowledged once durable; requeued (``basic.nack``, which spends no delivery limit)
+        when the database could not take it; rejected without requeue only when it could not
+        be stored at all.
+        """
+        for message, outcome in zip(batch, outcomes, strict=True):
+            if outcome is Settle.ACK:
                 message.ack()
-            else:
+                self.handled += 1
+            elif outcome is Settle.REQUEUE:
                 message.requeue()
-        if durable:
-            self.handled += len(batch)
+            else:
+                message.reject(requeue=False)
+
+
+def _delivery(message: kombu.Message) -> Delivery:
+    body = message.body if message.body is not None else b""
+    return body, dict(message.properties), dict(message.headers or {})
 
 
 class QueueConsumer:

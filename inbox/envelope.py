@@ -1,119 +1,255 @@
 """Reading a broker delivery as a message: CloudEvents structured JSON, or plain JSON
-whose AMQP ``message_id`` and ``type`` properties carry id and topic."""
+whose AMQP ``message_id`` and ``type`` properties carry id and topic.
+
+This is the inbox's boundary: every value that reaches a column is checked here against the
+shared limits (:mod:`inbox_outbox.limits`), so a delivery either becomes an
+:class:`Envelope` the database can store as it is, or raises :class:`InvalidMessage` saying
+what is wrong with it. Nothing is truncated: a long id is refused, never cut into another
+message's id.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
+import decimal
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from inbox_outbox.limits import (
+    JSON_DEPTH,
+    LimitError,
+    check_bigint,
+    check_id,
+    check_text,
+    json_text,
+    json_value,
+    printable,
+    storable_text,
+)
 
 from .exceptions import InvalidMessage
 
+T = TypeVar("T")
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """Where a keyed message stands: its ordering key and its producer's (epoch, sequence)."""
+
+    key: str
+    sequence: int
+    #: The producer's counter incarnation (``sequenceepoch``); 0 when it sends none.
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Envelope:
+    """A delivery read and checked: every field fits its column as it is."""
+
     id: str
     topic: str
     data: Any
+    #: ``data`` as strict JSON text, what the inbox row stores.
+    payload_json: str
     headers: dict[str, Any]
-    key: str | None
-    sequence: int | None
-    source: str
-    time: dt.datetime | None
-    #: The producer's counter incarnation (``sequenceepoch``); 0 when it sends none.
-    epoch: int = 0
+    headers_json: str
+    source: str = ""
+    time: dt.datetime | None = None
+    #: The ordering key when the message has one (with or without a position).
+    key: str | None = None
+    #: Key and position of a message that takes part in per-key order.
+    order: Order | None = None
     #: On a void announcement, the id of the message whose sequence the producer gave up on.
     voids: str | None = None
 
+    @property
+    def sequence(self) -> int | None:
+        return self.order.sequence if self.order is not None else None
 
-def body_id(body: bytes) -> str:
-    """A stable id for a delivery that carries none, so its duplicates still dedup."""
-    return "sha256:" + hashlib.sha256(body).hexdigest()[:40]
+    @property
+    def epoch(self) -> int:
+        return self.order.epoch if self.order is not None else 0
+
+
+#: A sequence as the wire carries it: a decimal string (or, leniently, a JSON integer).
+_DECIMAL = re.compile(r"-?[0-9]{1,19}")
 
 
 def parse(
     body: bytes | str, properties: dict[str, Any], headers: dict[str, Any] | None, *, max_bytes: int
 ) -> Envelope:
     """Return the envelope of a delivery, or raise :class:`InvalidMessage` saying why not."""
-    raw = body.encode() if isinstance(body, str) else bytes(body)
+    raw = raw_bytes(body)
     if len(raw) > max_bytes:
         raise InvalidMessage(f"body of {len(raw)} bytes is over MAX_BODY_BYTES ({max_bytes})")
     try:
-        decoded = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidMessage(f"body is not JSON: {exc}") from exc
-    headers = {str(k): _plain(v) for k, v in (headers or {}).items()}
+        decoded = json_value(raw)
+    except LimitError as exc:
+        raise InvalidMessage(f"body {exc}") from exc
+    plain = _headers(headers)
     if isinstance(decoded, dict) and "specversion" in decoded:
-        return _cloudevent(decoded, headers)
+        return _cloudevent(decoded, plain)
     message_id = properties.get("message_id")
     topic = properties.get("type")
     if not message_id or not topic:
         raise InvalidMessage("plain JSON message without the AMQP message_id and type properties")
-    return Envelope(
-        str(message_id),
-        str(topic),
-        decoded,
-        headers,
-        None,
-        None,
-        str(properties.get("app_id") or ""),
-        None,
+    return _checked(
+        id=_field(check_id, message_id, "the AMQP message_id property"),
+        topic=_field(check_text, topic, "the AMQP type property"),
+        data=decoded,
+        headers=plain,
+        source=_optional_text(properties.get("app_id"), "the AMQP app_id property"),
     )
 
 
 def _cloudevent(event: dict[str, Any], headers: dict[str, Any]) -> Envelope:
     if event.get("specversion") != "1.0":
-        raise InvalidMessage(f"unsupported CloudEvents specversion {event.get('specversion')!r}")
+        raise InvalidMessage(
+            f"unsupported CloudEvents specversion {printable(event.get('specversion'), 60)}"
+        )
     message_id, topic = event.get("id"), event.get("type")
-    if not isinstance(message_id, str) or not message_id:
+    if message_id is None or message_id == "":
         raise InvalidMessage("CloudEvent without an id")
-    if not isinstance(topic, str) or not topic:
+    if topic is None or topic == "":
         raise InvalidMessage("CloudEvent without a type (topic)")
     key = event.get("partitionkey")
+    if isinstance(key, int) and not isinstance(key, bool):
+        key = str(key)  # a number sent as a key: the same key as its decimal string
+    key = None if key is None else _field(check_text, key, "partitionkey")
     sequence = _decimal(event, "sequence")
     epoch = _decimal(event, "sequenceepoch") or 0
     voids = event.get("voids")
-    if voids is not None and (not isinstance(voids, str) or key is None or sequence is None):
-        raise InvalidMessage("a void announcement needs a string voids, partitionkey and sequence")
+    if voids is not None:
+        if key is None or sequence is None:
+            raise InvalidMessage("a void announcement needs voids, partitionkey and sequence")
+        voids = _field(check_id, voids, "voids")
     for name in ("traceparent", "tracestate"):
         if name in event:
-            headers.setdefault(name, event[name])
-    time = None
-    if isinstance(event.get("time"), str):
-        try:
-            time = dt.datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
-        except ValueError:
-            time = None
-    return Envelope(
-        message_id,
-        topic,
-        event.get("data"),
-        headers,
-        str(key) if key is not None else None,
-        sequence,
-        str(event.get("source") or ""),
-        time,
-        epoch,
-        voids,
+            headers.setdefault(name, _header_value(event[name], name, 1))
+    return _checked(
+        id=_field(check_id, message_id, "id"),
+        topic=_field(check_text, topic, "type (topic)"),
+        data=event.get("data"),
+        headers=headers,
+        source=_optional_text(event.get("source"), "source"),
+        time=_time(event.get("time")),
+        key=key,
+        order=Order(key, sequence, epoch) if key is not None and sequence is not None else None,
+        voids=voids,
     )
 
 
+def _checked(*, data: Any, headers: dict[str, Any], **fields: Any) -> Envelope:
+    """The envelope, with its data and headers encoded as the strict JSON the row stores."""
+    payload_json = _field(json_text, data, "data")
+    headers_json = _field(json_text, headers, "headers")
+    return Envelope(
+        data=data, payload_json=payload_json, headers=headers, headers_json=headers_json, **fields
+    )
+
+
+def _field(check: Callable[[Any], T], value: Any, what: str) -> T:
+    """``check(value)``, its :class:`LimitError` told as an :class:`InvalidMessage` about
+    ``what``."""
+    try:
+        return check(value)
+    except LimitError as exc:
+        raise InvalidMessage(f"{what} {printable(value, 80)} {exc}") from exc
+
+
+def _optional_text(value: Any, what: str) -> str:
+    return "" if value is None or value == "" else _field(check_text, value, what)
+
+
 def _decimal(event: dict[str, Any], name: str) -> int | None:
+    """A sequence or epoch: a decimal string (or a JSON integer) within the 64-bit range."""
     value = event.get(name)
     if value is None:
         return None
+    if isinstance(value, str) and _DECIMAL.fullmatch(value):
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        raise InvalidMessage(f"{name} {printable(value, 80)} is not a decimal integer")
+    return _field(check_bigint, number, name)
+
+
+def _time(value: Any) -> dt.datetime | None:
+    """The CloudEvents ``time``, when it is a readable RFC 3339 timestamp (it is informative:
+    an unreadable one is dropped, not a reason to refuse the message)."""
+    if not isinstance(value, str):
+        return None
     try:
-        return int(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidMessage(f"{name} {value!r} is not a decimal integer") from exc
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
-def _plain(value: Any) -> Any:
-    """AMQP header values as JSON-storable values."""
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
+def raw_bytes(body: bytes | str) -> bytes:
+    """A delivery's body as bytes, whatever it was handed as (a str with lone surrogates
+    keeps them, as bytes that are not UTF-8, so it is refused and stored, never lost)."""
+    return body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
+
+
+def _headers(headers: dict[str, Any] | None) -> dict[str, Any]:
+    """AMQP headers as JSON values: byte strings decoded as UTF-8, timestamps and decimals as
+    strings. Checked for storing by :func:`_checked`."""
+    return {_header_name(k): _header_value(v, str(k), 1) for k, v in (headers or {}).items()}
+
+
+def _header_value(value: Any, name: str, depth: int) -> Any:
+    if depth > JSON_DEPTH:
+        raise InvalidMessage(f"header {printable(name, 80)} is nested deeper than {JSON_DEPTH}")
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            return bytes(value).decode()
+        except UnicodeDecodeError:
+            raise InvalidMessage(
+                f"header {printable(name, 80)} holds bytes that are not UTF-8 text"
+            ) from None
+    if isinstance(value, dict):
+        return {
+            _header_name(k): _header_value(v, f"{name}.{k}", depth + 1) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_header_value(v, name, depth + 1) for v in value]
     if isinstance(value, dt.datetime):
         return value.isoformat()
-    return value
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if value is None or isinstance(value, str | int | float):
+        return value
+    raise InvalidMessage(f"header {printable(name, 80)} holds a {type(value).__name__}")
+
+
+def _header_name(name: Any) -> str:
+    if isinstance(name, bytes):
+        try:
+            return name.decode()
+        except UnicodeDecodeError:
+            raise InvalidMessage(f"header name {printable(name, 80)} is not UTF-8") from None
+    return str(name)
+
+
+def storable(value: Any, depth: int = 0) -> Any:
+    """``value`` (AMQP headers or properties of a rejected delivery) as JSON the database
+    stores whatever it held: unstorable text escaped, other values shown as their repr."""
+    if depth > JSON_DEPTH:
+        return f"(nested deeper than {JSON_DEPTH} levels)"
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, bytes):
+        return storable_text(value.decode("utf-8", "backslashreplace"))
+    if isinstance(value, dict):
+        return {storable(str(k), depth + 1): storable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v, depth + 1) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return printable(value, 200)

@@ -24,7 +24,7 @@ from typing import Any
 
 import kombu
 
-from .consumer import Receiver
+from .consumer import Receiver, Settle
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class _Lane:
                     )
                 if lanes.stopping:  # neither handled nor acked: the broker delivers them again
                     return
-                lanes.done(batch, durable=receiver.handle(batch))
+                lanes.done(batch, receiver.handle(batch))
         finally:
             from django.db import connections
 
@@ -89,7 +89,9 @@ class Lanes:
         self._unclaimed: collections.deque[tuple[bytes, kombu.Message]] = collections.deque()
         self._pins: dict[bytes, list[int]] = {}  # stream -> [lane number, unsettled]
         self._routed: dict[Any, bytes] = {}  # delivery tag -> stream
-        self._finished: collections.deque[tuple[list[kombu.Message], bool]] = collections.deque()
+        self._finished: collections.deque[tuple[list[kombu.Message], list[Settle]]] = (
+            collections.deque()
+        )
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -148,9 +150,9 @@ class Lanes:
                 keep.append(item)
         self._unclaimed = keep
 
-    def done(self, batch: list[kombu.Message], *, durable: bool) -> None:
+    def done(self, batch: list[kombu.Message], outcomes: list[Settle]) -> None:
         """Called on a lane's thread: queue the batch for settling and wake the event loop."""
-        self._finished.append((batch, durable))
+        self._finished.append((batch, outcomes))
         with contextlib.suppress(BlockingIOError):  # full of wake-ups already: fine
             os.write(self._wake_w, b"\0")
 
@@ -162,10 +164,10 @@ class Lanes:
 
     def _settle_finished(self) -> None:
         while self._finished:
-            batch, durable = self._finished.popleft()
+            batch, outcomes = self._finished.popleft()
             self._unpin(batch)
             try:
-                self.receiver.settle(batch, durable=durable)
+                self.receiver.settle(batch, outcomes)
             except Exception as exc:  # the channel closed meanwhile: the broker redelivers
                 logger.warning("inbox: could not settle %d message(s): %s", len(batch), exc)
 

@@ -9,9 +9,18 @@ from typing import ParamSpec, TypeVar, overload
 from django.db import transaction
 
 from inbox_outbox.conf import get_settings
+from inbox_outbox.limits import (
+    ID_CHARS,
+    TEXT_CHARS,
+    LimitError,
+    check_text,
+    printable,
+    storable_text,
+)
 
+from .exceptions import InvalidMessage
 from .models import Status
-from .processing import _alias, _insert
+from .processing import NewRow, _alias, _insert
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -62,16 +71,22 @@ def exactly_once(
                     "@exactly_once a key= function."
                 )
             name = getattr(current_task, "name", None) or f"{body.__module__}.{body.__qualname__}"
+            try:
+                check_text(message_id, max_chars=ID_CHARS)
+            except LimitError as exc:
+                raise InvalidMessage(
+                    f"{body.__qualname__}'s exactly-once id {printable(message_id, 80)} {exc}: "
+                    "it is the dedup key, stored whole, so it must fit."
+                ) from None
+            row = NewRow(
+                consumer=f"{get_settings().service}:task:{name}",
+                message_id=message_id,
+                status=Status.DONE,
+                topic=storable_text(f"task:{name}"[:TEXT_CHARS]),  # a label; the id is the key
+            )
             alias = _alias(using)
             with transaction.atomic(using=alias):
-                if not _insert(
-                    alias,
-                    consumer=f"{get_settings().service}:task:{name}",
-                    message_id=message_id,
-                    status=Status.DONE,
-                    envelope=None,
-                    topic=f"task:{name}",
-                ):
+                if not _insert(alias, row):
                     return None
                 return body(*args, **kwargs)
 

@@ -10,27 +10,41 @@ not been handled yet is stored as *waiting* and handled when the gap closes.
 Every path ends with the message durable in the inbox (processed, waiting, failed,
 dead, rejected, stale or void), so the caller may acknowledge the broker afterwards.
 Whether a keyed message runs, waits or is stale is decided by :mod:`inbox.ordering`.
+
+Faults are classified where they arise (:func:`inbox_outbox.faults.blames_content`): an
+error caused by one delivery's content stores that delivery ``rejected`` with its reason and
+raw body; only an error of the database itself propagates, so that the caller requeues.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
-import json
 import logging
 import traceback as tb
+from dataclasses import dataclass
 from typing import Any
 
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, router, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 
 from inbox_outbox.backoff import backoff_seconds
 from inbox_outbox.conf import get_settings
+from inbox_outbox.faults import blames_content
+from inbox_outbox.limits import (
+    LimitError,
+    check_id,
+    check_text,
+    json_text,
+    json_value,
+    printable,
+    storable_text,
+    storage_key,
+)
 
 from . import ordering, sql
-from .envelope import Envelope, body_id, parse
+from .envelope import Envelope, Order, parse, raw_bytes, storable
 from .exceptions import DoNotRetry, InvalidMessage, RetryAfter
 from .message import Message
 from .models import InboxMessage, Status
@@ -38,6 +52,9 @@ from .ordering import Position, Stream, Verdict
 from .registry import Handler, registry
 
 logger = logging.getLogger(__name__)
+
+#: A delivery as the broker hands it over: body, AMQP properties, AMQP headers.
+Delivery = tuple[bytes | str, dict[str, Any], dict[str, Any] | None]
 
 
 class Outcome(enum.Enum):
@@ -56,41 +73,69 @@ def _alias(using: str | None) -> str:
     return using or router.db_for_write(InboxMessage)
 
 
-def _insert(
-    alias: str,
-    *,
-    consumer: str,
-    message_id: str,
-    status: str,
-    envelope: Envelope | None,
-    raw: bytes | None = None,
-    attempts: int = 1,
-    error: str = "",
-    trace: str = "",
-    retry_in: float | None = None,
-    topic: str = "",
-) -> bool:
-    """Insert an inbox row unless (consumer, message id) exists; return whether it did."""
+@dataclass(frozen=True, slots=True)
+class NewRow:
+    """An inbox row as first written. Every value already fits its column (the envelope was
+    checked, or the row is a rejection made of storable values): nothing is cut here."""
+
+    consumer: str
+    message_id: str
+    status: str
+    topic: str = ""
+    source: str = ""
+    key: str | None = None
+    epoch: int | None = None
+    sequence: int | None = None
+    voids: str | None = None
+    payload_json: str = "null"
+    headers_json: str = "{}"
+    raw: bytes | None = None
+    attempts: int = 1
+    error: str = ""
+    trace: str = ""
+    #: Seconds from the database's now to the next attempt (a failed row).
+    retry_in: float | None = None
+
+    @classmethod
+    def of(cls, env: Envelope, *, consumer: str, status: str, **fields: Any) -> NewRow:
+        """The row of ``env`` for ``consumer``."""
+        return cls(
+            consumer=consumer,
+            message_id=env.id,
+            status=status,
+            topic=env.topic,
+            source=env.source,
+            key=env.key,
+            epoch=env.order.epoch if env.order is not None else None,
+            sequence=env.order.sequence if env.order is not None else None,
+            voids=env.voids,
+            payload_json=env.payload_json,
+            headers_json=env.headers_json,
+            **fields,
+        )
+
+
+def _insert(alias: str, row: NewRow) -> bool:
+    """Insert ``row`` unless (consumer, message id) exists; return whether it did."""
     connection = connections[alias]
-    env = envelope
     params = [
-        consumer,
-        message_id[:200],
-        (env.topic if env else topic)[:255],
-        env.source[:255] if env else "",
-        env.key if env else None,
-        env.epoch if env and env.sequence is not None else None,
-        env.sequence if env else None,
-        env.voids if env else None,
-        json.dumps(env.data, cls=DjangoJSONEncoder) if env else "null",
-        json.dumps(env.headers if env else {}, cls=DjangoJSONEncoder),
-        raw,
-        status,
-        attempts,
-        status == Status.DONE,  # processed_at: now, on the database's clock
-        retry_in,  # next_attempt_at: that many seconds from the database's now
-        error,
-        trace,
+        row.consumer,
+        row.message_id,
+        row.topic,
+        row.source,
+        row.key,
+        row.epoch,
+        row.sequence,
+        row.voids,
+        row.payload_json,
+        row.headers_json,
+        row.raw,
+        row.status,
+        row.attempts,
+        row.status == Status.DONE,  # processed_at: now, on the database's clock
+        row.retry_in,  # next_attempt_at: that many seconds from the database's now
+        row.error,
+        row.trace,
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql.insert_row_unless_seen(connection.vendor), params)
@@ -99,13 +144,13 @@ def _insert(
 
 def stream_of(handler: Handler, env: Envelope) -> Stream | None:
     """The stream ``env`` belongs to for ``handler``, or None for a keyless message."""
-    if env.key is None or env.sequence is None:
+    if env.order is None:
         return None
-    return Stream(handler.consumer, env.source, env.topic, env.key)
+    return Stream(handler.consumer, env.source, env.topic, env.order.key)
 
 
-def _position(env: Envelope) -> Position:
-    return Position(env.epoch, env.sequence or 0)
+def _position(order: Order) -> Position:
+    return Position(order.epoch, order.sequence)
 
 
 def _message(env: Envelope, attempt: int) -> Message:
@@ -141,8 +186,11 @@ def _due_in(seconds: float | None) -> Any:
     return None if seconds is None else Now() + dt.timedelta(seconds=seconds)
 
 
-def _describe(exc: Exception) -> tuple[str, str]:
-    return f"{type(exc).__name__}: {exc}"[:2000], "".join(tb.format_exception(exc))[-20000:]
+def _describe(exc: BaseException) -> tuple[str, str]:
+    """An exception's one-line error and traceback, as text the database stores (a message
+    or a handler's error may quote values holding NUL)."""
+    error = storable_text(f"{type(exc).__name__}: {exc}"[:2000])
+    return error, storable_text("".join(tb.format_exception(exc))[-20000:])
 
 
 # -- entry points ---------------------------------------------------------------------
@@ -157,18 +205,32 @@ def process_delivery(
 ) -> dict[str, Outcome]:
     """Handle one broker delivery for every consumer of its topic; return each outcome.
 
-    When it returns, the message is durable in the inbox and may be acknowledged.
-    Database errors propagate: the caller must then not acknowledge.
+    When it returns, the message is durable in the inbox and may be acknowledged: handled,
+    or stored ``rejected`` with its reason and raw body when its content is bad, including
+    content that the checks let through and the database or the inbox's own code then
+    failed on. Only errors of the database itself propagate (it is down, or not migrated):
+    the caller must then not acknowledge.
     """
     conf = get_settings()
     alias = _alias(using)
-    properties = properties or {}
-    raw = body.encode() if isinstance(body, str) else bytes(body)
+    delivery: Delivery = (raw_bytes(body), properties or {}, headers)
+    try:
+        return _process(alias, delivery)
+    except Exception as exc:
+        if not blames_content(exc):
+            raise
+        logger.exception("inbox: a delivery failed the inbox itself; storing it rejected")
+        _reject(alias, delivery, f"the inbox failed on this message: {_describe(exc)[0]}")
+        return {conf.service: Outcome.REJECTED}
+
+
+def _process(alias: str, delivery: Delivery) -> dict[str, Outcome]:
+    conf = get_settings()
+    raw, properties, headers = delivery
     try:
         envelope = parse(raw, properties, headers, max_bytes=conf.max_body_bytes)
     except InvalidMessage as exc:
-        message_id = str(properties.get("message_id") or body_id(raw))
-        _reject(alias, message_id, str(properties.get("type") or ""), raw, str(exc))
+        _reject(alias, delivery, str(exc))
         return {conf.service: Outcome.REJECTED}
     handlers = registry.for_topic(envelope.topic)
     if not handlers:
@@ -179,39 +241,76 @@ def process_delivery(
                 envelope.id,
             )
             return {conf.service: Outcome.IGNORED}
-        _reject(
-            alias,
-            envelope.id,
-            envelope.topic,
-            raw,
-            f"no handler for topic {envelope.topic!r} in service {conf.service!r}",
-            envelope,
-        )
+        reason = f"no handler for topic {envelope.topic!r} in service {conf.service!r}"
+        _reject(alias, delivery, reason, envelope)
         return {conf.service: Outcome.REJECTED}
+    raw = raw_bytes(delivery[0])
     return {h.consumer: handle(h, envelope, raw, using=alias) for h in handlers}
 
 
-def _reject(
-    alias: str,
-    message_id: str,
-    topic: str,
-    raw: bytes,
-    reason: str,
-    envelope: Envelope | None = None,
-) -> None:
-    logger.warning("inbox: rejected message %s (%s)", message_id, reason)
+def _reject(alias: str, delivery: Delivery, reason: str, envelope: Envelope | None = None) -> None:
+    """Store ``delivery`` as rejected, under the service's own consumer name."""
+    row = _rejection(delivery, reason, envelope)
+    logger.warning("inbox: rejected message %s (%s)", printable(row.message_id), reason)
     with transaction.atomic(using=alias):
-        _insert(
-            alias,
-            consumer=get_settings().service,
-            message_id=message_id,
-            status=Status.REJECTED,
-            envelope=envelope,
-            raw=raw,
-            attempts=0,
-            error=reason,
-            topic=topic,
+        _insert(alias, row)
+
+
+def _rejection(delivery: Delivery, reason: str, envelope: Envelope | None) -> NewRow:
+    """The rejected row of ``delivery``, made only of values the database stores.
+
+    Keyed by the delivery's id when it is a usable one (the CloudEvent's, else the AMQP
+    ``message_id``), so that its redeliveries are stored once; else by a key derived from the
+    raw id and body, which no real id can equal. The raw body is kept whole, and the AMQP
+    headers as storable JSON.
+    """
+    body, properties, headers = delivery
+    raw = raw_bytes(body)
+    service = get_settings().service
+    reason = storable_text(reason)
+    if envelope is not None:
+        return NewRow.of(
+            envelope, consumer=service, status=Status.REJECTED, raw=raw, attempts=0, error=reason
         )
+    event_id, raw_id = _event_id(raw), properties.get("message_id")
+    try:
+        message_id = check_id(event_id if event_id is not None else raw_id)
+    except LimitError:
+        message_id = storage_key(raw_id, raw)
+        if raw_id is not None:
+            reason += f"; its message_id {storable_text(printable(raw_id, 1200))} is unusable"
+    try:
+        topic = check_text(properties.get("type"))
+    except LimitError:
+        topic = ""
+    try:
+        headers_json = json_text(storable(headers or {}))
+    except LimitError:
+        headers_json = "{}"
+    return NewRow(
+        consumer=service,
+        message_id=message_id,
+        status=Status.REJECTED,
+        topic=topic,
+        headers_json=headers_json,
+        raw=raw,
+        attempts=0,
+        error=reason,
+    )
+
+
+def _event_id(raw: bytes) -> str | None:
+    """The ``id`` of a CloudEvent body that failed its checks, when it has a usable one."""
+    try:
+        event = json_value(raw)
+    except LimitError:
+        return None
+    if not isinstance(event, dict) or "specversion" not in event:
+        return None
+    try:
+        return check_id(event.get("id"))
+    except LimitError:
+        return None
 
 
 def handle(
@@ -251,101 +350,87 @@ def _handle_in_transaction(
     """
     consumer = handler.consumer
     stream = stream_of(handler, env)
-    if stream is not None:
+    if stream is not None and env.order is not None:
+        position = _position(env.order)
         last = ordering.lock(alias, stream)
-        verdict = ordering.judge(last, _position(env))
+        verdict = ordering.judge(last, position)
         if verdict in _HELD:
             status, outcome = _HELD[verdict]
-            stored = _insert(
-                alias,
-                consumer=consumer,
-                message_id=env.id,
-                status=status,
-                envelope=env,
-                raw=raw,
-                attempts=0,
-                error=_stale_reason(last, env) if verdict is Verdict.STALE else "",
-            )
-            return outcome if stored else Outcome.DUPLICATE
+            error = _stale_reason(last, stream, position) if verdict is Verdict.STALE else ""
+            row = NewRow.of(env, consumer=consumer, status=status, raw=raw, attempts=0, error=error)
+            return outcome if _insert(alias, row) else Outcome.DUPLICATE
         if env.voids is not None:
-            if not _insert(
-                alias, consumer=consumer, message_id=env.id, status=Status.VOID, envelope=env
-            ):
+            if not _insert(alias, NewRow.of(env, consumer=consumer, status=Status.VOID)):
                 return Outcome.DUPLICATE
-            ordering.settle(alias, stream, _position(env))
+            ordering.settle(alias, stream, position)
             return Outcome.VOID
-    if not _insert(alias, consumer=consumer, message_id=env.id, status=Status.DONE, envelope=env):
+    if not _insert(alias, NewRow.of(env, consumer=consumer, status=Status.DONE)):
         return Outcome.DUPLICATE
     handler.func(_message(env, 1))
-    if stream is not None:
-        ordering.settle(alias, stream, _position(env))
+    if stream is not None and env.order is not None:
+        ordering.settle(alias, stream, _position(env.order))
     return Outcome.DONE
 
 
-def _stale_reason(last: Position, env: Envelope) -> str:
+def _stale_reason(last: Position, stream: Stream, position: Position) -> str:
     return (
-        f"stale: position {env.epoch}.{env.sequence} of {env.source}:{env.topic}/{env.key} is at "
-        f"or before the settled {last.epoch}.{last.sequence}; not run (replay it to run it)"
+        f"stale: position {position.epoch}.{position.sequence} of "
+        f"{stream.source}:{stream.topic}/{stream.key} is at or before the settled "
+        f"{last.epoch}.{last.sequence}; not run (replay it to run it)"
     )
 
 
-class _NotBatchable(Exception):
-    """A delivery in the batch needs the one-at-a-time path (rejected or unknown topic)."""
-
-
-def process_batch(
-    deliveries: list[tuple[bytes | str, dict[str, Any], dict[str, Any] | None]],
-    *,
-    using: str | None = None,
-) -> None:
+def process_batch(deliveries: list[Delivery], *, using: str | None = None) -> None:
     """Handle several deliveries in one transaction: one commit instead of one each.
 
-    Optimistic: if anything in the batch raises (a handler fails, a message is malformed,
-    two workers' batches deadlock), the whole transaction rolls back and every delivery is
-    then handled on its own by :func:`process_delivery`, which isolates failures. So the
-    outcome per message is the same as one at a time; only the number of commits differs.
-    Handlers' side effects outside the database may therefore run more than once, as they
-    may on any redelivery.
+    Deliveries that cannot be read, or that no handler takes, are stored rejected one by one
+    first; the rest share the transaction. Optimistic: if anything in it raises (a handler
+    fails, two workers' batches deadlock), it rolls back and every delivery is then handled
+    on its own by :func:`process_delivery`, which isolates failures. So the outcome per
+    message is the same as one at a time; only the number of commits differs. Handlers'
+    side effects outside the database may therefore run more than once, as they may on any
+    redelivery.
     """
     conf = get_settings()
     alias = _alias(using)
+    parsed: list[tuple[Delivery, Envelope, list[Handler]]] = []
+    for body, properties, headers in deliveries:
+        delivery: Delivery = (raw_bytes(body), properties, headers)
+        try:
+            env = parse(delivery[0], properties, headers, max_bytes=conf.max_body_bytes)
+        except InvalidMessage:
+            env = None
+        handlers = registry.for_topic(env.topic) if env is not None else []
+        if env is None or not handlers:
+            process_delivery(*delivery, using=alias)
+        else:
+            parsed.append((delivery, env, handlers))
     drains: dict[Stream, Handler] = {}
     try:
         with transaction.atomic(using=alias):
-            parsed = []
-            for body, properties, headers in deliveries:
-                raw = body.encode() if isinstance(body, str) else bytes(body)
-                try:
-                    env = parse(raw, properties, headers, max_bytes=conf.max_body_bytes)
-                except InvalidMessage as exc:
-                    raise _NotBatchable from exc
-                handlers = registry.for_topic(env.topic)
-                if not handlers:
-                    raise _NotBatchable
-                parsed.append((env, raw, handlers))
             # Two batches sharing keys lock them in one order, so they never deadlock.
             ordering.lock_all(
                 alias,
                 (
                     stream
-                    for env, _, handlers in parsed
+                    for _, env, handlers in parsed
                     for h in handlers
                     if (stream := stream_of(h, env)) is not None
                 ),
             )
-            for env, raw, handlers in parsed:
+            for delivery, env, handlers in parsed:
+                raw = raw_bytes(delivery[0])
                 for handler in handlers:
                     outcome = _handle_in_transaction(alias, handler, env, raw)
                     stream = stream_of(handler, env)
                     if outcome in _DRAIN_AFTER and stream is not None:
                         drains[stream] = handler
     except Exception as exc:
-        if not isinstance(exc, _NotBatchable):
-            logger.debug(
-                "inbox: batch of %d rolled back (%s); handling one at a time", len(deliveries), exc
-            )
-        for body, properties, headers in deliveries:
-            process_delivery(body, properties, headers, using=alias)
+        logger.debug(
+            "inbox: batch of %d rolled back (%s); handling one at a time", len(parsed), exc
+        )
+        for delivery, _, _ in parsed:
+            process_delivery(*delivery, using=alias)
         return
     for stream, handler in drains.items():
         drain_stream(handler, stream, using=alias)
@@ -358,19 +443,18 @@ def _record_failure(
     error, trace = _describe(exc)
     log = logger.error if status == Status.DEAD else logger.warning
     log("inbox: %s failed on %s %s (attempt 1): %s", handler.consumer, env.topic, env.id, error)
+    row = NewRow.of(
+        env,
+        consumer=handler.consumer,
+        status=status,
+        raw=raw,
+        attempts=1,
+        error=error,
+        trace=trace,
+        retry_in=next_at,
+    )
     with transaction.atomic(using=alias):
-        if not _insert(
-            alias,
-            consumer=handler.consumer,
-            message_id=env.id,
-            status=status,
-            envelope=env,
-            raw=raw,
-            attempts=1,
-            error=error,
-            trace=trace,
-            retry_in=next_at,
-        ):
+        if not _insert(alias, row):
             # A concurrent delivery got there first; leave its (possibly processed) row alone.
             return Outcome.DUPLICATE
         # Dead at its first attempt while its stream's next: the stream moves on.
@@ -378,24 +462,24 @@ def _record_failure(
         if (
             status == Status.DEAD
             and stream is not None
-            and ordering.is_next(alias, stream, _position(env))
+            and env.order is not None
+            and ordering.is_next(alias, stream, _position(env.order))
         ):
-            ordering.settle(alias, stream, _position(env))
+            ordering.settle(alias, stream, _position(env.order))
     return Outcome.DEAD if status == Status.DEAD else Outcome.FAILED
 
 
-def _stored_envelope(row: InboxMessage) -> Envelope:
-    return Envelope(
-        row.message_id,
-        row.topic,
-        row.payload,
-        row.headers or {},
-        row.key,
-        row.sequence,
-        row.source,
-        None,
-        row.epoch or 0,
-        row.voids,
+def _row_message(row: InboxMessage, attempt: int) -> Message:
+    """The message a stored (waiting or failed) row hands its handler."""
+    return Message(
+        id=row.message_id,
+        topic=row.topic,
+        data=row.payload,
+        headers=row.headers or {},
+        key=row.key,
+        sequence=row.sequence,
+        source=row.source,
+        attempt=attempt,
     )
 
 
@@ -416,7 +500,7 @@ def _run_stored(alias: str, handler: Handler, row: InboxMessage) -> Outcome:
     attempt = row.attempts + 1
     try:
         with transaction.atomic(using=alias):  # a savepoint: the handler's writes only
-            handler.func(_message(_stored_envelope(row), attempt))
+            handler.func(_row_message(row, attempt))
     except Exception as exc:
         status, next_at = _failure(handler, exc, attempt)
         row.last_error, row.traceback = _describe(exc)
@@ -479,10 +563,8 @@ def drain_stream(
             position = ordering.position_of_row(row)
             verdict = ordering.judge(last, position)
             if verdict is Verdict.STALE:
-                row.status, row.last_error = (
-                    Status.STALE,
-                    _stale_reason(last, _stored_envelope(row)),
-                )
+                row.status = Status.STALE
+                row.last_error = _stale_reason(last, stream, position)
                 row.save(using=alias, update_fields=["status", "last_error"])
                 settled += 1
                 continue

@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connections, router, transaction
 from django.db.models.base import ModelState
 from django.utils import timezone
@@ -17,27 +16,12 @@ from uuid6 import uuid7
 
 from inbox_outbox.conf import get_settings
 
-from . import sql
-from .exceptions import NotInTransaction, PayloadTooLarge, PublishError
+from . import sql, validation
+from .exceptions import NotInTransaction, PayloadTooLarge
 from .models import OutboxMessage, Status
 from .session import Session, session_for
 
 logger = logging.getLogger(__name__)
-
-#: Stateless, so one instance serves every thread; building one per call costs more than
-#: encoding a small payload.
-_ENCODER = DjangoJSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
-def _dumps(value: Any, what: str, topic: str) -> str:
-    try:
-        return _ENCODER.encode(value)
-    except (TypeError, ValueError) as exc:
-        raise PublishError(
-            f"The {what} for topic {topic!r} is not JSON-serialisable ({exc}). Pass plain "
-            "dicts, lists, strings, numbers, booleans, None, or values Django's "
-            "DjangoJSONEncoder handles (dates, decimals, UUIDs)."
-        ) from exc
 
 
 def _next_sequence(session: Session, vendor: str, topic: str, key: str) -> tuple[int, int]:
@@ -67,16 +51,11 @@ def publish(
     business event twice returns the first message and writes nothing.
     """
     conf = get_settings()
-    if not isinstance(topic, str) or not topic.strip():
-        raise PublishError(f"topic must be a non-empty string, got {topic!r}.")
-    if len(topic) > 255:
-        raise PublishError(f"topic must be at most 255 characters, got {len(topic)}.")
-    if key is not None and (not isinstance(key, str) or not key or len(key) > 255):
-        raise PublishError(
-            f"key must be a non-empty string of at most 255 characters, got {key!r}."
-        )
-    if headers is not None and not isinstance(headers, dict):
-        raise PublishError(f"headers must be a dict, got {type(headers).__name__}.")
+    topic = validation.topic(topic)
+    key = validation.text("key", key)
+    dedup_key = validation.text("dedup_key", dedup_key)
+    headers = validation.headers(headers)
+    ttl_seconds = validation.ttl_seconds(ttl)
     alias = using or router.db_for_write(OutboxMessage)
     connection = connections[alias]
     if conf.require_atomic and not connection.in_atomic_block:
@@ -85,7 +64,8 @@ def publish(
             'INBOX_OUTBOX["REQUIRE_ATOMIC"] is on. Wrap the business writes and the publish '
             "in one `with transaction.atomic():` block."
         )
-    payload_json = _dumps(payload, "payload", topic)
+    validation.usable_transaction(connection, alias)
+    payload_json = validation.json_text(payload, what="payload", topic=topic)
     size = len(payload_json.encode())
     if size > conf.max_payload_bytes:
         raise PayloadTooLarge(
@@ -93,20 +73,16 @@ def publish(
             f'{conf.max_payload_bytes} (INBOX_OUTBOX["MAX_PAYLOAD_BYTES"]). Send a reference '
             "to the data (an id or URL) instead of the data itself, or raise the limit."
         )
-    headers = dict(headers or {})
     now = timezone.now()
-    ttl_seconds = None
-    if ttl is not None:
-        ttl_seconds = ttl.total_seconds() if isinstance(ttl, dt.timedelta) else float(ttl)
-        if ttl_seconds <= 0:
-            raise PublishError(f"ttl must be positive, got {ttl!r}.")
     new = NewMessage(
         topic=topic,
         key=key,
         payload=payload,
         payload_json=payload_json,
         headers=headers,
-        headers_json=_dumps(headers, "headers", topic) if headers else None,
+        headers_json=(
+            validation.json_text(headers, what="headers", topic=topic) if headers else None
+        ),
         dedup_key=dedup_key,
         created_at=now,
         ttl_seconds=ttl_seconds,

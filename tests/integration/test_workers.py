@@ -1,6 +1,7 @@
 """Exactly-once effects with real Celery worker processes consuming RabbitMQ."""
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -44,7 +45,13 @@ class Sender:
 
     def __init__(self, names):
         self.names = names
-        self.conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest")
+        url = kombu.Connection(os.environ["CELERY_BROKER_URL"])  # its vhost: the workers'
+        self.conn = amqp.Connection(
+            f"{url.hostname or '127.0.0.1'}:{url.port or 5672}",
+            userid=url.userid or "guest",
+            password=url.password or "guest",
+            virtual_host=url.virtual_host or "/",
+        )
         self.conn.connect()
         self.channel = self.conn.channel()
 
@@ -126,8 +133,9 @@ def test_two_workers_handed_the_same_message_at_once_commit_it_once(
 
 
 def unacknowledged(queue):
+    vhost = kombu.Connection(os.environ["CELERY_BROKER_URL"]).virtual_host or "/"
     listing = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages_unacknowledged"],
         capture_output=True,
         text=True,
         timeout=30,

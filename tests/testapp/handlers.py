@@ -53,3 +53,8 @@ def transfer(message: Message) -> None:
     publish(
         "test.transferred", {"account": account.name, "balance": account.balance}, key=account.name
     )
+
+
+@handler("test.fuzz", name="fuzz")
+def fuzz(message: Message) -> None:
+    """The property tests' consumer: its inbox row is the whole proof that it ran."""
