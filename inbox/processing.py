@@ -480,6 +480,7 @@ def _row_message(row: InboxMessage, attempt: int) -> Message:
         sequence=row.sequence,
         source=row.source,
         attempt=attempt,
+        epoch=row.epoch or 0,
     )
 
 

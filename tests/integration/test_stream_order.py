@@ -228,3 +228,15 @@ def test_a_keyed_message_marked_dead_at_the_producer_is_announced_void_and_its_s
     assert status(str(third.id)) == Status.DONE, "no ORDER_WAIT_SECONDS for a known gap"
     assert status(str(announcement.id)) == Status.VOID
     assert effects() == [str(first.id), str(third.id)]
+
+
+def test_a_message_run_from_its_stored_row_hands_its_handler_its_epoch():
+    """A waiting (or retried) row ran with epoch 0: its effect sorted before its predecessors'
+    and the fault suite's books saw the key out of order."""
+    assert send("e2", 2, epoch=500) is Outcome.WAITING
+    assert send("e1", 1, epoch=500) is Outcome.DONE
+    assert status("e2") == Status.DONE
+    seen = list(
+        Effect.objects.filter(consumer="effect").order_by("id").values_list("epoch", "sequence")
+    )
+    assert seen == [(500, 1), (500, 2)]
