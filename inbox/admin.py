@@ -130,6 +130,13 @@ class InboxMessageAdmin(adminkit.MessageAdminBase[InboxMessage]):
                 f"{outcome.failed_again} of them failed again; see their errors.",
                 level="warning",
             )
+        if outcome.deferred:
+            self.message_user(
+                request,
+                f"{outcome.deferred} of them run with the retry sweep: a request runs at most "
+                f"{operations.RUN_NOW} handlers.",
+                level="info",
+            )
 
     @admin.action(description="Mark dead: stop retrying", permissions=["replay"])
     def mark_dead(self, request: HttpRequest, queryset: QuerySet[InboxMessage]) -> None:
@@ -155,7 +162,7 @@ class InboxMessageAdmin(adminkit.MessageAdminBase[InboxMessage]):
             "purged",
             outcome.done,
             total - outcome.done,
-            "that are open, dead, or inside the dedup window",
+            "that are open, dead or stale, or processed inside the dedup window",
         )
 
 

@@ -94,6 +94,12 @@ class InboxMessage(models.Model):
                 name="inbox_open_idx",
                 condition=models.Q(status__in=OPEN),
             ),
+            # The sweep's failed rows due, per consumer of this service, oldest due first.
+            models.Index(
+                fields=["consumer", "next_attempt_at"],
+                name="inbox_failed_due_idx",
+                condition=models.Q(status=Status.FAILED),
+            ),
             models.Index(
                 fields=["consumer", "source", "topic", "key", "epoch", "sequence"],
                 name="inbox_waiting_stream_idx",

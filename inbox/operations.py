@@ -18,40 +18,55 @@ from inbox_outbox.operations import OperationResult
 
 from . import ordering
 from .models import OPEN, InboxMessage, KeyProgress, Status
-from .processing import drain_stream, retry_row
+from .processing import DRAIN_STEP, drain_stream, retry_row
 from .registry import registry
 
 REPLAYABLE = (Status.FAILED, Status.DEAD)
 KILLABLE = (Status.WAITING, Status.FAILED)
 #: What a purge deletes unless told otherwise: never a message that may still be handled.
 PURGEABLE = (Status.DONE, Status.REJECTED)
+#: The rows the dedup window protects from a purge: a redelivery of a processed or dead
+#: message finds its row and does nothing; without the row it would run the handler again.
+#: A rejected row protects nothing (its redelivery is rejected again).
+DEDUP_PROTECTED = (Status.DONE, Status.DEAD)
 PURGE_BATCH = 1000
+#: Handlers an operator action runs in its own request or command, at most; the rest are
+#: made due and run by the retry sweep (``INBOX_SWEEP_INTERVAL``), like any retry.
+RUN_NOW = DRAIN_STEP
 
 
 def replay(queryset: QuerySet[InboxMessage], *, dry_run: bool = False) -> OperationResult:
-    """Handle failed or dead rows again now, through the same code path as a retry.
+    """Handle failed or dead rows again, through the same code path as a retry.
 
-    Each row gets one more attempt now; the count continues, so a replayed dead message
-    that fails again is dead again. Rows whose handler this process does not have are left
-    due for a worker that has it.
+    Every selected row is made due now; this process runs at most :data:`RUN_NOW` handlers
+    (replayed rows and the waiting successors they release) and leaves the rest, counted as
+    ``deferred``, to the retry sweep. Each row gets one more attempt; the count continues,
+    so a replayed dead message that fails again is dead again. Rows whose handler this
+    process does not have are left due for a worker that has it.
     """
     total = queryset.count()
     applicable = queryset.filter(status__in=REPLAYABLE)
     if dry_run:
         done = applicable.count()
         return OperationResult(done, total - done)
-    rows = list(applicable.values_list("id", "consumer"))
-    InboxMessage.objects.filter(id__in=[r for r, _ in rows]).update(
-        status=Status.FAILED, next_attempt_at=timezone.now()
+    alias = router.db_for_write(InboxMessage)
+    rows = list(applicable.using(alias).order_by("id").values_list("id", "consumer"))
+    InboxMessage.objects.using(alias).filter(id__in=[r for r, _ in rows]).update(
+        status=Status.FAILED, next_attempt_at=Now()
     )
-    failed_again = 0
+    budget, ran = RUN_NOW, []
     for row_id, consumer in rows:
         handler = registry.for_consumer(consumer)
-        if handler is not None:
-            retry_row(handler, row_id)
-            if InboxMessage.objects.filter(id=row_id).exclude(status=Status.DONE).exists():
-                failed_again += 1
-    return OperationResult(len(rows), total - len(rows), failed_again)
+        if handler is None or budget <= 0:
+            continue
+        settled = retry_row(handler, row_id, using=alias, limit=budget)
+        budget -= max(settled, 1)
+        if settled:
+            ran.append(row_id)
+    failed_again = (
+        InboxMessage.objects.using(alias).filter(id__in=ran).exclude(status=Status.DONE).count()
+    )
+    return OperationResult(len(rows), total - len(rows), failed_again, len(rows) - len(ran))
 
 
 def mark_dead(
@@ -60,30 +75,39 @@ def mark_dead(
     reason: str = "marked dead by an operator",
     dry_run: bool = False,
 ) -> OperationResult:
-    """Stop retrying (or waiting for) the rows; a dead head no longer holds back its key."""
+    """Stop retrying (or waiting for) the rows; a dead head no longer holds back its stream.
+
+    The streams it releases are handed on here for at most :data:`RUN_NOW` handlers in all;
+    the rest are handed on by the retry sweep.
+    """
     total = queryset.count()
     applicable = queryset.filter(status__in=KILLABLE)
     if dry_run:
         done = applicable.count()
         return OperationResult(done, total - done)
-    rows = list(applicable)
-    InboxMessage.objects.filter(id__in=[r.id for r in rows]).update(
-        status=Status.DEAD, next_attempt_at=None, last_error=reason
-    )
+    alias = router.db_for_write(InboxMessage)
+    with transaction.atomic(using=alias):
+        rows = list(applicable.using(alias).select_for_update(skip_locked=True))
+        InboxMessage.objects.using(alias).filter(id__in=[r.id for r in rows]).update(
+            status=Status.DEAD, next_attempt_at=None, last_error=reason
+        )
+    released: dict[ordering.Stream, str] = {}
     for row in rows:
         stream = ordering.stream_of_row(row)
         if stream is None:
             continue
         # A dead head no longer holds back its stream; a dead row further back settles
         # nothing: the messages between the head and it may not have arrived yet.
-        alias = router.db_for_write(InboxMessage)
         with transaction.atomic(using=alias):
             position = ordering.position_of_row(row)
             if ordering.is_next(alias, stream, position):
                 ordering.settle(alias, stream, position)
-        handler = registry.for_consumer(row.consumer)
-        if handler is not None:
-            drain_stream(handler, stream)
+                released[stream] = row.consumer
+    budget = RUN_NOW
+    for stream, consumer in sorted(released.items()):
+        handler = registry.for_consumer(consumer)
+        if handler is not None and budget > 0:
+            budget -= drain_stream(handler, stream, using=alias, limit=budget)
     return OperationResult(len(rows), total - len(rows))
 
 
@@ -97,15 +121,16 @@ def purge(
 ) -> OperationResult:
     """Delete the rows of ``queryset`` that are in ``statuses``, in batches.
 
-    Processed rows younger than ``DEDUP_WINDOW_DAYS`` are kept unless
-    ``respect_dedup_window`` is off: they are what turns a late redelivery into a no-op.
-    Each batch is its own short transaction; memory stays flat.
+    Rows in :data:`DEDUP_PROTECTED` (processed, dead) received within ``DEDUP_WINDOW_DAYS``
+    (on the database's clock) are kept unless ``respect_dedup_window`` is off: they are what
+    turns a late redelivery into a no-op. Each batch is its own short transaction; memory
+    stays flat.
     """
     matching = queryset.filter(status__in=tuple(statuses))
     if respect_dedup_window:
         window = dt.timedelta(days=get_settings().dedup_window_days)
         matching = matching.filter(
-            ~Q(status=Status.DONE) | Q(received_at__lt=timezone.now() - window)
+            ~Q(status__in=DEDUP_PROTECTED) | Q(received_at__lt=Now() - window)
         )
     if dry_run:
         done = matching.count()
@@ -121,7 +146,7 @@ def purge_expired_retention() -> int:
     days = conf.retention_days
     if days is None:
         return 0
-    cutoff = timezone.now() - dt.timedelta(days=days)
+    cutoff = Now() - dt.timedelta(days=days)
     purged = purge(InboxMessage.objects.filter(received_at__lt=cutoff)).done
     idle = dt.timedelta(days=max(days, conf.dedup_window_days))
     return purged + purge_idle_progress(idle=idle)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections, router, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.db.models.functions import Now
 
 from inbox_outbox.backoff import backoff_seconds
@@ -544,10 +544,11 @@ def drain_stream(
     *,
     using: str | None = None,
     force_after: float | None = None,
+    limit: int = DRAIN_STEP,
 ) -> int:
     """Handle the waiting messages of one stream that are now next in sequence, at most
-    :data:`DRAIN_STEP` of them: the worker's consumer thread must get back to its broker
-    connection, and the rest are handed on by the next sweep (``INBOX_SWEEP_INTERVAL``).
+    ``limit`` (:data:`DRAIN_STEP`) of them: the worker's consumer thread must get back to its
+    broker connection, and the rest are handed on by the next sweep (``INBOX_SWEEP_INTERVAL``).
 
     With ``force_after``, a waiting head older than that many seconds is handled even though
     its predecessor never arrived and was never announced void (the producer vanished, or
@@ -555,7 +556,7 @@ def drain_stream(
     """
     alias = _alias(using)
     settled = 0
-    while settled < DRAIN_STEP:
+    while settled < limit:
         with transaction.atomic(using=alias):
             last = ordering.lock(alias, stream)
             row = ordering.waiting_head(alias, stream)
@@ -609,42 +610,81 @@ def _age_seconds(alias: str, row: InboxMessage) -> float:
 
 
 def retry_due(*, using: str | None = None, limit: int = 500) -> int:
-    """Retry failed rows whose time has come and unblock stale waiting keys."""
+    """One step of the retry sweep: retry this service's failed rows that are due, and hand
+    on its waiting streams; at most ``limit`` of each, so that every step is bounded.
+
+    Only this process's consumers are selected, in SQL: rows of a renamed handler, or of
+    another service sharing the database, never fill the step. Failed rows go oldest due
+    first, on the database's clock; waiting streams are walked in (consumer, source, topic,
+    key) order from where the previous step stopped, so every stream gets its turn however
+    many there are. Returns how many rows settled.
+    """
     conf = get_settings()
     alias = _alias(using)
+    handlers = {h.consumer: h for h in registry.all()}
+    if not handlers:
+        return 0
     settled = 0
-    due = list(
+    due = (
         InboxMessage.objects.using(alias)
-        .filter(status=Status.FAILED, next_attempt_at__lte=Now())
-        .order_by("next_attempt_at")
+        .filter(status=Status.FAILED, consumer__in=handlers, next_attempt_at__lte=Now())
+        .order_by("next_attempt_at", "id")
         .values_list("id", "consumer")[:limit]
     )
-    for row_id, consumer in due:
-        handler = registry.for_consumer(consumer)
-        if handler is None:
-            continue  # a service without this handler shares the database; not ours to run
-        settled += retry_row(handler, row_id, using=alias)
-    waiting = (
-        InboxMessage.objects.using(alias)
-        .filter(status=Status.WAITING)
-        .order_by()
-        .values_list("consumer", "source", "topic", "key")
-        .distinct()[:limit]
-    )
-    for consumer, source, topic, key in waiting:
-        handler = registry.for_consumer(consumer)
-        if handler is not None and key is not None:
-            settled += drain_stream(
-                handler,
-                Stream(consumer, source, topic, key),
-                using=alias,
-                force_after=conf.order_wait_seconds,
-            )
+    for row_id, consumer in list(due):
+        settled += retry_row(handlers[consumer], row_id, using=alias)
+    for stream in _waiting_streams(alias, list(handlers), limit=limit):
+        settled += drain_stream(
+            handlers[stream.consumer],
+            stream,
+            using=alias,
+            force_after=conf.order_wait_seconds,
+        )
     return settled
 
 
-def retry_row(handler: Handler, row_id: int, *, using: str | None = None) -> int:
-    """Retry one failed row now if no other worker holds it; return 1 if it ran."""
+#: Where each database's waiting-stream sweep stopped last (per process): the next step
+#: starts after it, and starts over once it reached the end.
+_sweep_after: dict[str, Stream] = {}
+
+
+def _waiting_streams(alias: str, consumers: list[str], *, limit: int) -> list[Stream]:
+    """The next ``limit`` streams with waiting rows of ``consumers``, after the last sweep's."""
+    rows = InboxMessage.objects.using(alias).filter(
+        status=Status.WAITING, consumer__in=consumers, key__isnull=False
+    )
+    after = _sweep_after.get(alias)
+    if after is not None:
+        rows = rows.filter(_stream_after(after))
+    streams = [
+        Stream(consumer, source, topic, key or "")
+        for consumer, source, topic, key in rows.order_by("consumer", "source", "topic", "key")
+        .values_list("consumer", "source", "topic", "key")
+        .distinct()[:limit]
+    ]
+    if len(streams) < limit:
+        _sweep_after.pop(alias, None)
+    else:
+        _sweep_after[alias] = streams[-1]
+    return streams
+
+
+def _stream_after(stream: Stream) -> Q:
+    """Rows whose (consumer, source, topic, key) sorts after ``stream``'s."""
+    fields = ("consumer", "source", "topic", "key")
+    values = (stream.consumer, stream.source, stream.topic, stream.key)
+    after = Q()
+    for i, field in enumerate(fields):
+        same = {f: v for f, v in zip(fields[:i], values[:i], strict=True)}
+        after |= Q(**same, **{f"{field}__gt": values[i]})
+    return after
+
+
+def retry_row(
+    handler: Handler, row_id: int, *, using: str | None = None, limit: int = 1 + DRAIN_STEP
+) -> int:
+    """Retry one failed row now if no other worker holds it, then hand on the waiting rows
+    of its stream: at most ``limit`` handlers in all. Returns how many rows settled."""
     alias = _alias(using)
     with transaction.atomic(using=alias):
         row = (
@@ -665,6 +705,6 @@ def retry_row(handler: Handler, row_id: int, *, using: str | None = None) -> int
                 row.save(using=alias, update_fields=["status"])
                 return 0
         outcome = _run_stored(alias, handler, row)
-    if stream is not None and outcome in _DRAIN_AFTER:
-        drain_stream(handler, stream, using=alias)
+    if stream is not None and outcome in _DRAIN_AFTER and limit > 1:
+        return 1 + drain_stream(handler, stream, using=alias, limit=limit - 1)
     return 1

@@ -265,7 +265,7 @@ class MessageAdminBase(ReadOnlyMixin, ModelAdmin[M]):
     if hasattr(admin, "ShowFacets"):  # Django 5.0+
         show_facets = admin.ShowFacets.NEVER  # counts scan
     list_per_page = 50
-    actions = ("replay", "mark_dead", "purge")
+    actions: tuple[str, ...] = ("replay", "mark_dead", "purge")
 
     @admin.display(description="payload")
     def payload_json(self, obj: StoredMessage) -> str:

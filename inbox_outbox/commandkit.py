@@ -130,8 +130,9 @@ def add_purge_arguments(parser: Any) -> None:
     )
 
 
-def check_purge_arguments(options: dict[str, Any]) -> dt.datetime:
-    """Validate ``--older-than-days`` and ``--batch-size``; return the cutoff time."""
+def check_purge_arguments(options: dict[str, Any]) -> dt.timedelta:
+    """Validate ``--older-than-days`` and ``--batch-size``; return the age: the cutoff is
+    that long before the database's clock (``Now() - age``), not the command host's."""
     days = options["older_than_days"]
     if days < 0:
         raise CommandError(f"--older-than-days must not be negative, got {days!r}.")
@@ -144,7 +145,7 @@ def check_purge_arguments(options: dict[str, Any]) -> dt.datetime:
             f"--batch-size must be a positive integer up to {MAX_BATCH_SIZE}, "
             f"got {options['batch_size']!r}."
         )
-    return timezone.now() - dt.timedelta(days=days)
+    return dt.timedelta(days=days)
 
 
 def write_status(

@@ -15,6 +15,7 @@ from .exceptions import (
     OutboxError,
     PayloadTooLarge,
     PublishError,
+    ReplayRefused,
     StatementLost,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "PayloadTooLarge",
     "PublishError",
     "Relay",
+    "ReplayRefused",
     "StatementLost",
     "publish",
 ]

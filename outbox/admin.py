@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -12,6 +12,7 @@ from inbox_outbox import adminkit
 from inbox_outbox.adminkit import ModelAdmin, distinct_values, report, search_exact
 
 from . import operations
+from .exceptions import ReplayRefused
 from .models import OutboxMessage, Status
 
 
@@ -32,6 +33,7 @@ class TopicFilter(admin.SimpleListFilter):
 
 @admin.register(OutboxMessage)
 class OutboxMessageAdmin(adminkit.MessageAdminBase[OutboxMessage]):
+    actions = ("replay", "replay_anyway", "mark_dead", "purge")
     list_display = (
         "id",
         "topic",
@@ -85,14 +87,33 @@ class OutboxMessageAdmin(adminkit.MessageAdminBase[OutboxMessage]):
     # -- actions (each needs its own permission) ------------------------------------
     @admin.action(description="Replay: publish again with the same id", permissions=["replay"])
     def replay(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
-        outcome = operations.replay(queryset)
+        self._replay(request, queryset, anyway=False)
+
+    @admin.action(
+        description="Replay anyway: also sent before the dedup window or expired "
+        "(consumers handle them again)",
+        permissions=["replay"],
+    )
+    def replay_anyway(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
+        self._replay(request, queryset, anyway=True)
+
+    def _replay(
+        self, request: HttpRequest, queryset: QuerySet[OutboxMessage], *, anyway: bool
+    ) -> None:
+        try:
+            outcome = operations.replay(queryset, past_dedup_window=anyway, clear_expiry=anyway)
+        except ReplayRefused as refused:
+            self.message_user(
+                request, f"{refused} Or use the action “Replay anyway”.", messages.ERROR
+            )
+            return
         report(
             self,
             request,
             "queued for publishing",
             outcome.done,
             outcome.skipped,
-            "that were still pending",
+            "that were still pending or are being sent right now",
         )
 
     @admin.action(description="Mark dead: stop trying to publish", permissions=["replay"])
@@ -104,7 +125,7 @@ class OutboxMessageAdmin(adminkit.MessageAdminBase[OutboxMessage]):
             "marked dead",
             outcome.done,
             outcome.skipped,
-            "that were already sent, dead or expired",
+            "that were already sent, dead or expired, or are being sent right now",
         )
 
     @admin.action(description="Purge: delete sent and expired messages", permissions=["purge"])

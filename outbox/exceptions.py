@@ -28,6 +28,13 @@ class StatementLost(OutboxError, ProgrammingError):
     what to set: ``DISABLE_SERVER_SIDE_CURSORS`` on the database, or ``PREPARE_STATEMENTS``."""
 
 
+class ReplayRefused(OutboxError):
+    """Raised when a replay would do what the operator did not ask for: re-run consumers'
+    handlers for messages sent before their dedup window (``past_dedup_window``), or send
+    messages whose expiry has passed (``clear_expiry``). Nothing was changed; the message
+    says how many rows are concerned and which flag sends them anyway."""
+
+
 class BrokerUnavailable(OutboxError):
     """Raised by the relay when the broker cannot be reached; no attempt is charged."""
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import connections, router, transaction
-from django.db.models import Count, Exists, Min, OuterRef, QuerySet
+from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -17,6 +17,7 @@ from inbox_outbox.conf import get_settings
 from inbox_outbox.operations import OperationResult
 
 from . import sql, voids
+from .exceptions import ReplayRefused
 from .models import UNSENT, OutboxMessage, Sequence, Status
 
 #: The statuses each operation applies to; rows in other statuses are skipped and counted.
@@ -27,24 +28,74 @@ PURGEABLE = (Status.SENT, Status.EXPIRED)
 PURGE_BATCH = 1000
 
 
-def replay(queryset: QuerySet[OutboxMessage], *, dry_run: bool = False) -> OperationResult:
+def replay(
+    queryset: QuerySet[OutboxMessage],
+    *,
+    past_dedup_window: bool = False,
+    clear_expiry: bool = False,
+    dry_run: bool = False,
+) -> OperationResult:
     """Publish the rows again with the same id: pending and due now.
 
     The attempt count continues, so a replayed dead message that fails again is dead again.
+    Rows a relay holds right now (a live lease: they may be on the wire) are skipped. Two
+    replays are refused with :class:`ReplayRefused` unless asked for by name, because they
+    do more than publish again:
+
+    - ``past_dedup_window``: messages sent longer ago than ``DEDUP_WINDOW_DAYS``, whose
+      inbox rows consumers may have purged: they would run every consumer's handler again;
+    - ``clear_expiry``: messages whose expiry has passed; they are sent without one (else the
+      relay would expire them again at once).
     """
     total = queryset.count()
-    applicable = queryset.filter(status__in=REPLAYABLE)
+    applicable = queryset.filter(status__in=REPLAYABLE).exclude(_leased())
+    _refuse_unless_asked(applicable, past_dedup_window=past_dedup_window, clear_expiry=clear_expiry)
     if dry_run:
         done = applicable.count()
-    else:
-        done = applicable.update(
+        return OperationResult(done, total - done)
+    alias = router.db_for_write(OutboxMessage)
+    with transaction.atomic(using=alias):
+        ids = list(applicable.using(alias).select_for_update().values_list("id", flat=True))
+        rows = OutboxMessage.objects.using(alias).filter(id__in=ids)
+        if clear_expiry:
+            rows.filter(expires_at__lte=Now()).update(expires_at=None)
+        done = rows.update(
             status=Status.PENDING,
-            available_at=timezone.now(),
+            available_at=Now(),
             lease_owner="",
             lease_until=None,
             last_error="",
         )
     return OperationResult(done, total - done)
+
+
+def _leased() -> Q:
+    """Rows a relay holds right now, on the database's clock."""
+    return Q(lease_until__gt=Now())
+
+
+def _refuse_unless_asked(
+    rows: QuerySet[OutboxMessage], *, past_dedup_window: bool, clear_expiry: bool
+) -> None:
+    days = get_settings().dedup_window_days
+    if not past_dedup_window:
+        old = rows.filter(status=Status.SENT, sent_at__lt=Now() - dt.timedelta(days=days)).count()
+        if old:
+            raise ReplayRefused(
+                f"Nothing replayed: {old} of the selected messages were sent more than "
+                f"DEDUP_WINDOW_DAYS ({days:g}) days ago. Consumers may have purged their "
+                "record of them, so every consumer would handle them again. Narrow the "
+                "selection, or replay them anyway with --past-dedup-window (command) / "
+                "past_dedup_window=True."
+            )
+    if not clear_expiry:
+        expired = rows.filter(expires_at__lte=Now()).count()
+        if expired:
+            raise ReplayRefused(
+                f"Nothing replayed: {expired} of the selected messages have expired (their "
+                "ttl passed); the relay would expire them again at once. Replay them with "
+                "--clear-expiry (command) / clear_expiry=True to send them without an expiry."
+            )
 
 
 def mark_dead(
@@ -54,17 +105,20 @@ def mark_dead(
     dry_run: bool = False,
 ) -> OperationResult:
     """Stop trying to publish the rows; they stay visible as dead, and the keyed ones among
-    them are announced void so that consumers do not wait for them (``outbox.voids``)."""
+    them are announced void so that consumers do not wait for them (``outbox.voids``).
+    Rows a relay holds right now (a live lease: they may be on the wire) are skipped."""
     total = queryset.count()
-    applicable = queryset.filter(status__in=KILLABLE)
+    applicable = queryset.filter(status__in=KILLABLE).exclude(_leased())
     if dry_run:
         return OperationResult(applicable.count(), total - applicable.count())
     alias = router.db_for_write(OutboxMessage)
     with transaction.atomic(using=alias):
+        # Locking re-checks status and lease on the latest row version: a relay that
+        # leased a row meanwhile keeps it.
         ids = list(applicable.using(alias).select_for_update().values_list("id", flat=True))
         done = (
             OutboxMessage.objects.using(alias)
-            .filter(id__in=ids, status__in=KILLABLE)
+            .filter(id__in=ids)
             .update(status=Status.DEAD, lease_owner="", lease_until=None, last_error=reason)
         )
         voids.announce(ids, using=alias)
@@ -96,9 +150,8 @@ def purge_expired_retention() -> int:
     days = get_settings().retention_days
     if days is None:
         return 0
-    cutoff = timezone.now() - dt.timedelta(days=days)
-    purged = purge(OutboxMessage.objects.filter(created_at__lt=cutoff)).done
-    return purged + purge_idle_sequences(idle_seconds=days * 86400)
+    old = OutboxMessage.objects.filter(created_at__lt=Now() - dt.timedelta(days=days))
+    return purge(old).done + purge_idle_sequences(idle_seconds=days * 86400)
 
 
 def purge_idle_sequences(

@@ -77,11 +77,24 @@ def test_outbox_replay_requeues_with_the_same_id_and_skips_pending_rows(operator
     )
     page = post_action(operator, OUTBOX_LIST, "replay", [dead.id, pending.id])
     assert (
-        "Queued for publishing 1 outbox message. Skipped 1 outbox message that were still pending."
-        in page.text
+        "Queued for publishing 1 outbox message. Skipped 1 outbox message that were still "
+        "pending or are being sent right now." in page.text
     )
     row = OutboxMessage.objects.get(id=dead.id)
     assert (row.status, row.attempts, row.last_error) == ("pending", 12, "")
+
+
+def test_an_outbox_replay_past_the_dedup_window_is_refused_unless_replayed_anyway(operator):
+    old = publish("t", {})
+    OutboxMessage.objects.filter(id=old.id).update(
+        status="sent", sent_at=timezone.now() - dt.timedelta(days=400)
+    )
+    page = post_action(operator, OUTBOX_LIST, "replay", [old.id])
+    assert "Nothing replayed: 1 of the selected messages were sent more than" in page.text
+    assert OutboxMessage.objects.get(id=old.id).status == "sent"
+    page = post_action(operator, OUTBOX_LIST, "replay_anyway", [old.id])
+    assert "Queued for publishing 1 outbox message." in page.text
+    assert OutboxMessage.objects.get(id=old.id).status == "pending"
 
 
 def test_outbox_mark_dead_and_purge_report_what_they_skipped(operator):

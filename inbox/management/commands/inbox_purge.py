@@ -3,6 +3,7 @@
 from typing import Any
 
 from django.core.management.base import BaseCommand
+from django.db.models.functions import Now
 
 from inbox import operations
 from inbox.models import InboxMessage, Status
@@ -12,9 +13,11 @@ from inbox_outbox.conf import get_settings
 
 class Command(BaseCommand):
     help = (
-        "Delete inbox rows older than --older-than-days: processed and rejected rows, and "
-        "never processed rows inside DEDUP_WINDOW_DAYS (they make late redeliveries no-ops). "
-        "Waiting, failed and dead rows need --include-open / --include-dead."
+        "Delete inbox rows older than --older-than-days: processed and rejected rows. "
+        "Waiting, failed and dead rows need --include-open / --include-dead. Processed and "
+        "dead rows inside DEDUP_WINDOW_DAYS are kept unless --ignore-dedup-window: they make "
+        "late redeliveries no-ops. Rejected rows are not kept for it (a redelivery of one is "
+        "rejected again)."
     )
 
     def add_arguments(self, parser: Any) -> None:
@@ -28,17 +31,17 @@ class Command(BaseCommand):
         parser.add_argument(
             "--ignore-dedup-window",
             action="store_true",
-            help="Also delete processed rows inside the dedup window: a redelivery "
-            "of one of them would then be handled again.",
+            help="Also delete processed and dead rows inside the dedup window: a "
+            "redelivery of one of them would then be handled again.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        cutoff = check_purge_arguments(options)
+        age = check_purge_arguments(options)
         statuses = [*operations.PURGEABLE]
         statuses += [Status.DEAD] if options["include_dead"] else []
         statuses += [Status.WAITING, Status.FAILED] if options["include_open"] else []
         outcome = operations.purge(
-            InboxMessage.objects.filter(received_at__lt=cutoff),
+            InboxMessage.objects.filter(received_at__lt=Now() - age),
             statuses=statuses,
             respect_dedup_window=not options["ignore_dedup_window"],
             batch_size=options["batch_size"],
@@ -49,10 +52,11 @@ class Command(BaseCommand):
             ""
             if options["ignore_dedup_window"]
             else (
-                f"; processed rows inside the {get_settings().dedup_window_days:g}-day dedup window kept"
+                f"; processed and dead rows inside the {get_settings().dedup_window_days:g}-day "
+                "dedup window kept"
             )
         )
         self.stdout.write(
             f"{verb} {outcome.done} inbox row(s) ({', '.join(statuses)}) older than "
-            f"{cutoff:%Y-%m-%d %H:%M}{window}."
+            f"{options['older_than_days']:g} day(s){window}."
         )

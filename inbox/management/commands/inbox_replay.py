@@ -31,6 +31,11 @@ class Command(BaseCommand):
         line = f"{verb} {outcome.done} message(s); skipped {outcome.skipped} not failed or dead."
         if outcome.failed_again:
             line += f" {outcome.failed_again} failed again."
+        if outcome.deferred:
+            line += (
+                f" {outcome.deferred} made due for the retry sweep (at most {operations.RUN_NOW} "
+                "handlers run here)."
+            )
         self.stdout.write(line)
 
 

@@ -3,6 +3,7 @@
 from typing import Any
 
 from django.core.management.base import BaseCommand
+from django.db.models.functions import Now
 
 from inbox_outbox.commandkit import add_purge_arguments, check_purge_arguments
 from outbox import operations
@@ -24,15 +25,15 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        cutoff = check_purge_arguments(options)
+        age = check_purge_arguments(options)
         statuses = [*operations.PURGEABLE, *([Status.DEAD] if options["include_dead"] else [])]
         outcome = operations.purge(
-            OutboxMessage.objects.filter(created_at__lt=cutoff),
+            OutboxMessage.objects.filter(created_at__lt=Now() - age),
             statuses=statuses,
             batch_size=options["batch_size"],
             dry_run=options["dry_run"],
         )
         verb = "would delete" if options["dry_run"] else "deleted"
         self.stdout.write(
-            f"{verb} {outcome.done} outbox row(s) ({', '.join(statuses)}) older than {cutoff:%Y-%m-%d %H:%M}."
+            f"{verb} {outcome.done} outbox row(s) ({', '.join(statuses)}) older than {options['older_than_days']:g} day(s)."
         )
