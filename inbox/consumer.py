@@ -204,12 +204,13 @@ def requeue(message: kombu.Message) -> None:
     if channel is None or not hasattr(channel, "send_method"):
         message.requeue()
         return
+    state: Any = message  # kombu keeps the settled state in ``_state`` (untyped)
     if message.acknowledged:
         raise kombu.exceptions.MessageStateError(
-            f"Message already acknowledged with state: {message._state}"
+            f"Message already acknowledged with state: {state._state}"
         )
     topology.nack(channel, message.delivery_tag)
-    message._state = "REQUEUED"
+    state._state = "REQUEUED"  # as kombu's own requeue() records it
 
 
 def _delivery(message: kombu.Message) -> Delivery:

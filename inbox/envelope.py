@@ -11,7 +11,6 @@ message's id.
 from __future__ import annotations
 
 import dataclasses
-
 import datetime as dt
 import decimal
 import math

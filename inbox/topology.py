@@ -27,6 +27,7 @@ from typing import Any
 
 import amqp
 import kombu
+from amqp import spec
 from django.core.exceptions import ImproperlyConfigured
 
 from inbox_outbox.broker import connect, events_exchange
@@ -190,7 +191,7 @@ def dead_letters(connection: kombu.Connection | None = None) -> DeadLetters:
     own = connection is None
     connection = connection or connect()
     try:
-        channel = connection.channel()
+        channel: Any = connection.channel()  # py-amqp's (its stubs lack queue_declare)
         try:
             depth = channel.queue_declare(queue.name, passive=True).message_count
         except connection.channel_errors:  # not declared yet: no worker has started
@@ -262,11 +263,11 @@ def requeue_dead_letters(
     return moved
 
 
-def nack(channel: Any, delivery_tag: int) -> None:
+def nack(channel: Any, delivery_tag: Any) -> None:
     """``basic.nack`` with requeue for one delivery (py-amqp 5 has no helper for it: the
     method is (60, 120), arguments delivery tag, multiple, requeue). Never ``basic.reject``:
     RabbitMQ 4.3 charges rejects, not nacks, to a quorum queue's delivery limit."""
-    channel.send_method(amqp.spec.Basic.Nack, "Lbb", (delivery_tag, False, True))
+    channel.send_method(spec.Basic.Nack, "Lbb", (delivery_tag, False, True))
 
 
 def _close(channel: Any) -> None:

@@ -49,7 +49,7 @@ class InboxConsumerStep(bootsteps.ConsumerStep):
 
     def start(self, c: WorkerConsumer) -> None:
         conf = get_settings()
-        if registry.topics():
+        if registry.topics() and c.connection is not None:
             try:  # before consuming: the dead-letter queue exists before anything can go there
                 topology.declare(c.connection)
             except topology.TopologyMismatch as exc:

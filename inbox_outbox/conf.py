@@ -373,7 +373,11 @@ def _relations(conf: Settings) -> list[Problem]:
             Problem(
                 "QUEUE_PREFIX",
                 f'{SETTING_NAME}["QUEUE_PREFIX"] + "SERVICE" (the queue name'
-                + (f', with "{DEAD_LETTER_SUFFIX}" for its dead-letter queue' if longest != conf.queue_name else "")
+                + (
+                    f', with "{DEAD_LETTER_SUFFIX}" for its dead-letter queue'
+                    if longest != conf.queue_name
+                    else ""
+                )
                 + f") is longer than {AMQP_NAME_MAX_BYTES} bytes.",
                 "Shorten QUEUE_PREFIX: AMQP queue names are at most 255 bytes.",
                 "inbox_outbox.E014",

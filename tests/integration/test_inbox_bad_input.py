@@ -172,6 +172,7 @@ class _NeverMatches:
 
 def test_a_connection_error_requeues_the_batch_and_charges_nothing(names, monkeypatch, settings):
     settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "INBOX_HOLD_SECONDS": 0}
+
     def down(*args, **kwargs):
         raise OperationalError("server closed the connection unexpectedly")
 

@@ -195,7 +195,9 @@ def test_a_database_outage_longer_than_the_delivery_limit_holds_the_deliveries_a
     assert outage["left"] == 0
     assert spec.Basic.Nack not in sent and spec.Basic.Reject not in sent  # held, never returned
     assert depth(amqp_channel, f"{quorum.queue}.dead-letter") == 0
-    assert sorted(Effect.objects.filter(consumer="effect").values_list("message_id", flat=True)) == sorted(ids)
+    assert sorted(
+        Effect.objects.filter(consumer="effect").values_list("message_id", flat=True)
+    ) == sorted(ids)
     assert set(InboxMessage.objects.values_list("delivery_count", flat=True)) == {None}
 
 
@@ -273,7 +275,10 @@ def test_dead_letters_are_counted_by_inbox_status_and_moved_back_by_the_command(
         assert worker.drain(idle_timeout=0.5) == 1
     finally:
         worker.close()
-    assert list(Effect.objects.filter(consumer="effect").values_list("message_id", flat=True)) == [message_id] * 1
+    assert (
+        list(Effect.objects.filter(consumer="effect").values_list("message_id", flat=True))
+        == [message_id] * 1
+    )
     # Moved back with a fresh count: the old queue's count was dropped from its headers.
     assert set(InboxMessage.objects.values_list("delivery_count", flat=True)) == {None}
 
