@@ -341,3 +341,22 @@ def test_a_relay_nack_from_a_full_quorum_queue_charges_no_attempt_and_backs_off(
     drain_relay(max_batches=3)
     sent = OutboxMessage.objects.filter(id__in=[m.id for m in rest], status="sent")
     assert sent.count() >= 1 and not OutboxMessage.objects.filter(attempts__gt=1).exists()
+
+
+def test_a_celery_worker_declares_the_quorum_topology_and_handles_from_it(
+    processes, quorum, broker_url, amqp_channel
+):
+    from tests.integration.test_workers import Sender, start_workers
+
+    start_workers(processes, broker_url, quorum, QUEUE_TYPE="quorum", DELIVERY_LIMIT=str(LIMIT))
+    assert depth(amqp_channel, f"{quorum.queue}.dead-letter") == 0  # declared with it
+    sender = Sender(quorum)
+    try:
+        ids = [sender.event("test.effect", {"n": n}) for n in range(5)]
+    finally:
+        sender.close()
+    deadline = time.monotonic() + 30
+    effects = Effect.objects.filter(consumer="effect")
+    while effects.count() < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sorted(effects.values_list("message_id", flat=True)) == sorted(ids)
