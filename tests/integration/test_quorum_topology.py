@@ -360,3 +360,21 @@ def test_a_celery_worker_declares_the_quorum_topology_and_handles_from_it(
     while effects.count() < 5 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert sorted(effects.values_list("message_id", flat=True)) == sorted(ids)
+
+
+def test_a_worker_asked_for_quorum_on_a_classic_queue_stops_with_the_clear_error(
+    processes, names, broker_url, amqp_channel
+):
+    amqp_channel.queue_declare(names.queue, durable=True, auto_delete=False)  # classic
+    worker = processes.worker("mismatch", QUEUE_TYPE="quorum")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        log = worker.log_path.read_text(errors="replace")
+        if "TopologyMismatch" in log or "already has a queue" in log or worker.poll() is not None:
+            break
+        time.sleep(0.2)
+    log = worker.log_path.read_text(errors="replace")
+    assert f"The broker already has a queue {names.queue!r}" in log
+    assert "docs/operations.md" in log
+    assert worker.wait(timeout=30) != 0  # Celery stops: an unrecoverable error, not a retry loop
+    assert amqp_channel.queue_declare(names.queue, passive=True).consumer_count == 0
