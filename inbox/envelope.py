@@ -87,7 +87,8 @@ def broker_delivery_count(headers: dict[str, Any] | None) -> int | None:
     A quorum queue sets ``x-delivery-count`` on each delivery (RabbitMQ 3.x: every return,
     nacks and closed channels included; 4.x: failed deliveries only) and, from 4.0,
     ``x-acquired-count`` (every time a consumer took it). The latter, where present, is the
-    truer count of how often the message was handed out; a classic queue sets neither.
+    truer count of how often the message was handed out. A classic queue sets neither, and
+    RabbitMQ 3.10 sets no ``x-delivery-count`` on a first delivery to a consumer.
     """
     for name in ("x-acquired-count", "x-delivery-count"):
         value = (headers or {}).get(name)

@@ -14,8 +14,8 @@ class Message:
     ``data`` is the payload; ``attempt`` counts from 1 and grows with each retry. A keyed
     message's position in its producer's stream is (``epoch``, ``sequence``).
     ``delivery_count`` is how often the broker had delivered the message before the delivery
-    the inbox stored (a quorum queue's ``x-acquired-count`` or ``x-delivery-count``), None
-    on a classic queue.
+    the inbox stored (a quorum queue's ``x-acquired-count`` or ``x-delivery-count``); None
+    when the broker sent no count (a classic queue, or RabbitMQ 3.x's first delivery).
     """
 
     id: str
