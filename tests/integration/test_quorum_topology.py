@@ -378,3 +378,46 @@ def test_a_worker_asked_for_quorum_on_a_classic_queue_stops_with_the_clear_error
     assert "docs/operations.md" in log
     assert worker.wait(timeout=30) != 0  # Celery stops: an unrecoverable error, not a retry loop
     assert amqp_channel.queue_declare(names.queue, passive=True).consumer_count == 0
+
+
+def test_a_real_worker_holds_its_deliveries_through_a_database_outage_longer_than_the_limit(
+    processes, quorum, broker_url, amqp_channel
+):
+    """The lanes' path: the worker's database goes away for 10 s, during which returning the
+    deliveries every second (the old requeue after a 1 s pause) would have dead-lettered them
+    past DELIVERY_LIMIT 2. Held instead, they are handled once the database is back."""
+    from urllib.parse import urlsplit
+
+    from tests.conftest import test_database_url
+    from tests.integration.test_workers import Sender, start_workers
+    from tests.tcp_proxy import TcpProxy
+
+    database = test_database_url()
+    with TcpProxy(("127.0.0.1", urlsplit(database).port or 5432)) as proxy:
+        [worker] = start_workers(
+            processes,
+            broker_url,
+            quorum,
+            DATABASE_URL=proxy.via(database),
+            INBOX_OUTBOX_QUEUE_TYPE='"quorum"',
+            INBOX_OUTBOX_DELIVERY_LIMIT=str(LIMIT),
+            INBOX_OUTBOX_INBOX_CONCURRENCY="2",
+        )
+        proxy.cut()
+        sender = Sender(quorum)
+        try:
+            ids = [sender.event("test.effect", {"n": n}) for n in range(10)]
+        finally:
+            sender.close()
+        time.sleep(10)
+        dead = f"{quorum.queue}.dead-letter"
+        assert depth(amqp_channel, dead) == 0
+        assert b"holding" in worker.log_path.read_bytes()
+        proxy.restore()
+        deadline = time.monotonic() + 60
+        effects = Effect.objects.filter(consumer="effect")
+        while effects.count() < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sorted(effects.values_list("message_id", flat=True)) == sorted(ids)
+    assert depth(amqp_channel, dead) == 0
+    assert b"returning" not in worker.log_path.read_bytes()  # never given back
