@@ -64,6 +64,7 @@ class InboxMessageAdmin(adminkit.MessageAdminBase[InboxMessage]):
         "sequence",
         "status",
         "attempts",
+        "delivery_count",
         "received_at",
         "processed_at",
         "next_attempt_at",

@@ -10,21 +10,32 @@ from collections.abc import Callable
 from typing import Any
 
 import kombu
+import kombu.exceptions
 from django.db import connections
 
-from inbox_outbox.broker import connect, events_exchange
+from inbox_outbox.backoff import backoff_seconds
+from inbox_outbox.broker import connect
 from inbox_outbox.conf import get_settings
 from inbox_outbox.faults import blames_content
 from inbox_outbox.limits import printable
 
+from . import topology
 from .processing import Delivery, process_batch, process_delivery
-from .registry import registry
 from .shortstr import decode_leniently
+from .topology import service_queue
+
+__all__ = ["QueueConsumer", "Receiver", "Settle", "service_queue"]
 
 logger = logging.getLogger(__name__)
 
-#: How long to pause before requeueing deliveries the database could not take.
+#: The first pause before the database is tried again for deliveries it could not take.
 DATABASE_DOWN_PAUSE = 1.0
+#: The longest pause between two tries while deliveries are held.
+DATABASE_DOWN_MAX_PAUSE = 15.0
+
+
+class _DatabaseDown(Exception):
+    """The database could not take the batch: nothing of it (that was not already) is durable."""
 
 
 class Settle(enum.Enum):
@@ -38,23 +49,6 @@ class Settle(enum.Enum):
     DEAD_LETTER = "dead-letter"
 
 
-def service_queue() -> kombu.Queue:
-    """The service's durable queue, bound to every topic its handlers declare.
-
-    All workers of one service share it (a consumer group); another service has its own.
-    """
-    conf = get_settings()
-    exchange = events_exchange()
-    topics = sorted(registry.topics())
-    return kombu.Queue(
-        conf.queue_name,
-        exchange=exchange,
-        durable=True,
-        auto_delete=False,
-        bindings=[kombu.binding(exchange, routing_key=t) for t in topics],
-    )
-
-
 class Receiver:
     """Buffers deliveries and handles them in batches; acknowledges only after commit.
 
@@ -66,16 +60,22 @@ class Receiver:
     """
 
     def __init__(
-        self, *, schedule: Callable[[float, Callable[[], None]], Any] | None = None
+        self,
+        *,
+        schedule: Callable[[float, Callable[[], None]], Any] | None = None,
+        hold_seconds: float | None = None,
     ) -> None:
         conf = get_settings()
         decode_leniently()  # a non-UTF-8 message_id must reach us, not kill the connection
         self.batch_size = max(1, conf.inbox_batch_size)
         self.delay = conf.inbox_batch_delay
         self.schedule = schedule
+        #: How long a batch the database cannot take is held before it goes back.
+        self.hold_seconds = conf.inbox_hold_seconds if hold_seconds is None else hold_seconds
         self.pending: list[kombu.Message] = []
         self.handled = 0
         self._lock = threading.RLock()
+        self._halt = threading.Event()
 
     def __call__(self, message: kombu.Message) -> None:
         with self._lock:
@@ -92,34 +92,56 @@ class Receiver:
             if batch:
                 self.settle(batch, self.handle(batch))
 
+    def halt(self) -> None:
+        """Stop holding: a batch waiting for the database goes back to the broker now."""
+        self._halt.set()
+
     def handle(self, batch: list[kombu.Message]) -> list[Settle]:
         """Make ``batch`` durable in the inbox; return what to tell the broker of each delivery.
 
         Never raises: a delivery whose content is bad is stored rejected by the processing
-        (and acked); an error of the database sends the batch back (requeue) after a pause;
-        a delivery that cannot even be stored as rejected goes to the dead-letter queue.
+        (and acked); a delivery that cannot even be stored as rejected goes to the dead-letter
+        queue. While the database is down the batch is *held*, unacknowledged, and the
+        database tried again with backoff, for up to ``INBOX_HOLD_SECONDS``: a quorum queue
+        counts every delivery it gets back (RabbitMQ 3.x counts ``basic.nack`` too) against
+        its delivery limit, and counts nothing while the deliveries stay with a live consumer.
+        Only past the hold (or when stopping) do they go back (requeue). Trying again is safe:
+        what the first try made durable is a duplicate the second time.
+
         Thread-safe apart from the broker: it touches no channel, so :class:`~inbox.lanes.Lanes`
-        runs it on handler threads and settles on the consuming thread.
+        runs it on handler threads (whose holding never delays the event loop's heartbeats)
+        and settles on the consuming thread.
         """
         deliveries = [_delivery(m) for m in batch]
+        held_since = time.monotonic()
+        tries = 0
+        while True:
+            try:
+                return self._try(deliveries)
+            except _DatabaseDown as down:
+                tries += 1
+                if not self._hold(down.__cause__ or down, len(batch), tries, held_since):
+                    return [Settle.REQUEUE] * len(batch)
+
+    def _try(self, deliveries: list[Delivery]) -> list[Settle]:
         try:
-            if len(batch) == 1:
+            if len(deliveries) == 1:
                 process_delivery(*deliveries[0])
             else:
                 process_batch(deliveries)
         except Exception as exc:
             if not blames_content(exc):
-                return self._database_down(exc, len(batch))
+                raise _DatabaseDown() from exc
             # Some delivery could not even be stored as rejected: find it, alone.
             return [self._handle_alone(delivery) for delivery in deliveries]
-        return [Settle.ACK] * len(batch)
+        return [Settle.ACK] * len(deliveries)
 
     def _handle_alone(self, delivery: Delivery) -> Settle:
         try:
             process_delivery(*delivery)
         except Exception as exc:
             if not blames_content(exc):
-                return self._database_down(exc, 1)[0]
+                raise _DatabaseDown() from exc
             logger.error(
                 "inbox: a delivery could not be stored, not even as rejected; it goes to the "
                 "queue's dead-letter exchange (if any). Body %s, properties %s",
@@ -130,33 +152,65 @@ class Receiver:
             return Settle.DEAD_LETTER
         return Settle.ACK
 
-    def _database_down(self, exc: BaseException, count: int) -> list[Settle]:
-        # Nothing is durable: the deliveries go back to the broker, and we slow down.
-        logger.warning(
-            "inbox: database unavailable (%s); requeueing %d message(s)",
-            printable(exc, 500),
-            count,
-        )
+    def _hold(self, exc: BaseException, count: int, tries: int, since: float) -> bool:
+        """Wait before the database is tried again; False when the batch must go back."""
         for conn in connections.all(initialized_only=True):
             conn.close_if_unusable_or_obsolete()
-        time.sleep(DATABASE_DOWN_PAUSE)
-        return [Settle.REQUEUE] * count
+        delay = backoff_seconds(tries, DATABASE_DOWN_PAUSE, DATABASE_DOWN_MAX_PAUSE)
+        held = time.monotonic() - since
+        if held + delay > self.hold_seconds:
+            if not self.hold_seconds:  # no holding: the old pause, so a requeue is no spin
+                self._halt.wait(DATABASE_DOWN_PAUSE)
+            logger.warning(
+                "inbox: database unavailable (%s); returning %d message(s) to the broker "
+                "after holding them %.0fs (INBOX_HOLD_SECONDS)",
+                printable(exc, 500),
+                count,
+                held,
+            )
+            return False
+        log = logger.warning if tries == 1 or tries % 20 == 0 else logger.debug
+        log(
+            "inbox: database unavailable (%s); holding %d message(s), try %d in %.1fs",
+            printable(exc, 500),
+            count,
+            tries + 1,
+            delay,
+        )
+        return not self._halt.wait(delay)
 
     def settle(self, batch: list[kombu.Message], outcomes: list[Settle]) -> None:
         """Tell the broker what became of each delivery of ``batch``; on the consuming thread.
 
-        Acknowledged once durable; requeued (``basic.nack``, which spends no delivery limit)
-        when the database could not take it; rejected without requeue only when it could not
-        be stored at all.
+        Acknowledged once durable; given back with ``basic.nack`` (requeue) when the database
+        could not take it within the hold; rejected without requeue only when it could not be
+        stored at all.
         """
         for message, outcome in zip(batch, outcomes, strict=True):
             if outcome is Settle.ACK:
                 message.ack()
                 self.handled += 1
             elif outcome is Settle.REQUEUE:
-                message.requeue()
+                requeue(message)
             else:
                 message.reject(requeue=False)
+
+
+def requeue(message: kombu.Message) -> None:
+    """Give ``message`` back to its queue with ``basic.nack`` (requeue), never ``basic.reject``
+    (which kombu's ``Message.requeue()`` sends). Transports without AMQP methods (kombu's
+    in-memory one) requeue their own way."""
+    channel = getattr(message, "channel", None)
+    if channel is None or not hasattr(channel, "send_method"):
+        message.requeue()
+        return
+    state: Any = message  # kombu keeps the settled state in ``_state`` (untyped)
+    if message.acknowledged:
+        raise kombu.exceptions.MessageStateError(
+            f"Message already acknowledged with state: {state._state}"
+        )
+    topology.nack(channel, message.delivery_tag)
+    state._state = "REQUEUED"  # as kombu's own requeue() records it
 
 
 def _delivery(message: kombu.Message) -> Delivery:
@@ -174,7 +228,9 @@ class QueueConsumer:
         self.queue = service_queue()
 
     def declare(self) -> None:
-        self.queue(self.connection.default_channel).declare()
+        """Declare the service's topology (raises ``TopologyMismatch`` for a queue of
+        another type or other arguments)."""
+        topology.declare(self.connection)
 
     def drain(self, *, idle_timeout: float = 1.0) -> int:
         """Consume until no message arrives for ``idle_timeout`` seconds; return the count."""

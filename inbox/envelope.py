@@ -10,6 +10,7 @@ message's id.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import decimal
 import math
@@ -64,6 +65,8 @@ class Envelope:
     order: Order | None = None
     #: On a void announcement, the id of the message whose sequence the producer gave up on.
     voids: str | None = None
+    #: How often the broker had delivered it before (see :func:`broker_delivery_count`).
+    delivery_count: int | None = None
 
     @property
     def sequence(self) -> int | None:
@@ -78,10 +81,34 @@ class Envelope:
 _DECIMAL = re.compile(r"-?[0-9]{1,19}")
 
 
+def broker_delivery_count(headers: dict[str, Any] | None) -> int | None:
+    """The broker's count of this message's earlier deliveries, None where it keeps none.
+
+    A quorum queue sets ``x-delivery-count`` on each delivery (RabbitMQ 3.x: every return,
+    nacks and closed channels included; 4.x: failed deliveries only) and, from 4.0,
+    ``x-acquired-count`` (every time a consumer took it). The latter, where present, is the
+    truer count of how often the message was handed out. A classic queue sets neither, and
+    RabbitMQ 3.10 sets no ``x-delivery-count`` on a first delivery to a consumer.
+    """
+    for name in ("x-acquired-count", "x-delivery-count"):
+        value = (headers or {}).get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31:
+            return value
+    return None
+
+
 def parse(
     body: bytes | str, properties: dict[str, Any], headers: dict[str, Any] | None, *, max_bytes: int
 ) -> Envelope:
     """Return the envelope of a delivery, or raise :class:`InvalidMessage` saying why not."""
+    envelope = _parse(body, properties, headers, max_bytes=max_bytes)
+    count = broker_delivery_count(headers)
+    return envelope if count is None else dataclasses.replace(envelope, delivery_count=count)
+
+
+def _parse(
+    body: bytes | str, properties: dict[str, Any], headers: dict[str, Any] | None, *, max_bytes: int
+) -> Envelope:
     raw = raw_bytes(body)
     if len(raw) > max_bytes:
         raise InvalidMessage(f"body of {len(raw)} bytes is over MAX_BODY_BYTES ({max_bytes})")

@@ -187,6 +187,7 @@ class Lanes:
         with self._cond:
             self.stopping = True
             self._cond.notify_all()
+        self.receiver.halt()  # a batch held for the database goes back now
         deadline = time.monotonic() + STOP_TIMEOUT
         for lane in self.lanes:
             lane.thread.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -65,6 +65,11 @@ class InboxMessage(models.Model):
     raw_body = models.BinaryField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DONE)
     attempts = models.PositiveIntegerField(default=1)
+    #: How often the broker had delivered the message before the delivery stored here (a
+    #: quorum queue's ``x-acquired-count`` or ``x-delivery-count``); None when the broker sent
+    #: no count (a classic queue, or RabbitMQ 3.x's first delivery).
+    #: A plain integer: a CHECK (as on a positive field) would scan the table when added.
+    delivery_count = models.IntegerField(null=True, blank=True)
     received_at = models.DateTimeField(default=timezone.now)
     processed_at = models.DateTimeField(null=True, blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True)

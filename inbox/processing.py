@@ -44,7 +44,7 @@ from inbox_outbox.limits import (
 )
 
 from . import ordering, sql
-from .envelope import Envelope, Order, parse, raw_bytes, storable
+from .envelope import Envelope, Order, broker_delivery_count, parse, raw_bytes, storable
 from .exceptions import DoNotRetry, InvalidMessage, RetryAfter
 from .message import Message
 from .models import InboxMessage, Status
@@ -91,6 +91,7 @@ class NewRow:
     headers_json: str = "{}"
     raw: bytes | None = None
     attempts: int = 1
+    delivery_count: int | None = None
     error: str = ""
     trace: str = ""
     #: Seconds from the database's now to the next attempt (a failed row).
@@ -111,6 +112,7 @@ class NewRow:
             voids=env.voids,
             payload_json=env.payload_json,
             headers_json=env.headers_json,
+            delivery_count=env.delivery_count,
             **fields,
         )
 
@@ -132,6 +134,7 @@ def _insert(alias: str, row: NewRow) -> bool:
         row.raw,
         row.status,
         row.attempts,
+        row.delivery_count,
         row.status == Status.DONE,  # processed_at: now, on the database's clock
         row.retry_in,  # next_attempt_at: that many seconds from the database's now
         row.error,
@@ -165,6 +168,7 @@ def _message(env: Envelope, attempt: int) -> Message:
         time=env.time,
         attempt=attempt,
         epoch=env.epoch,
+        delivery_count=env.delivery_count,
     )
 
 
@@ -295,6 +299,7 @@ def _rejection(delivery: Delivery, reason: str, envelope: Envelope | None) -> Ne
         headers_json=headers_json,
         raw=raw,
         attempts=0,
+        delivery_count=broker_delivery_count(headers),
         error=reason,
     )
 
@@ -481,6 +486,7 @@ def _row_message(row: InboxMessage, attempt: int) -> Message:
         source=row.source,
         attempt=attempt,
         epoch=row.epoch or 0,
+        delivery_count=row.delivery_count,
     )
 
 

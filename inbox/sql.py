@@ -22,6 +22,7 @@ ROW_COLUMNS = (
     "raw_body",
     "status",
     "attempts",
+    "delivery_count",
     "received_at",
     "processed_at",
     "next_attempt_at",

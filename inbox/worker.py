@@ -16,6 +16,7 @@ from celery import bootsteps
 
 from inbox_outbox.conf import get_settings
 
+from . import topology
 from .consumer import Receiver, service_queue
 from .lanes import Lanes, Sweeper
 from .registry import registry
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
     from kombu.transport.base import StdChannel
 
 logger = logging.getLogger(__name__)
+
+#: Without an event loop, batches are handled on the consuming thread, which then sends no
+#: heartbeats: hold a batch the database cannot take no longer than this (Celery's
+#: ``broker_heartbeat`` is 120 s, and the broker closes the connection after two missed).
+HOLD_WITHOUT_LOOP = 30.0
 
 
 class InboxConsumerStep(bootsteps.ConsumerStep):
@@ -43,11 +49,20 @@ class InboxConsumerStep(bootsteps.ConsumerStep):
 
     def start(self, c: WorkerConsumer) -> None:
         conf = get_settings()
+        if registry.topics() and c.connection is not None:
+            try:  # before consuming: the dead-letter queue exists before anything can go there
+                topology.declare(c.connection)
+            except topology.TopologyMismatch as exc:
+                logger.critical("inbox: %s", exc)
+                raise
         hub = getattr(c, "hub", None)
         if hub is not None:
             self.lanes = Lanes(hub=hub, count=conf.inbox_concurrency)
         else:
-            self.receiver = Receiver(schedule=lambda delay, fn: c.timer.call_after(delay, fn))
+            self.receiver = Receiver(
+                schedule=lambda delay, fn: c.timer.call_after(delay, fn),
+                hold_seconds=min(conf.inbox_hold_seconds, HOLD_WITHOUT_LOOP),
+            )
         super().start(c)
         if conf.inbox_sweep_interval and registry.topics() and self.sweeper is None:
             # Every consuming worker retries due failures and unblocks keys itself, so

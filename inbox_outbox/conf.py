@@ -28,6 +28,9 @@ SETTING_NAME = "INBOX_OUTBOX"
 
 UNROUTABLE_POLICIES = ("retry", "dead", "ignore")
 UNKNOWN_TOPIC_POLICIES = ("reject", "ignore")
+QUEUE_TYPES = ("classic", "quorum")
+#: Suffixes of the dead-letter exchange and queue a quorum service queue is declared with.
+DEAD_LETTER_SUFFIX = ".dead-letter"
 
 #: ``<SERVICE>:<handler name>`` must fit the inbox's 200-character consumer column, and the
 #: service is also a queue name and the CloudEvents ``source``.
@@ -72,6 +75,9 @@ class Settings:
 
     # Inbox: consuming.
     queue_prefix: str = ""
+    queue_type: str = "classic"
+    delivery_limit: int = 20
+    inbox_hold_seconds: float = 900.0
     consume_in_worker: bool = True
     prefetch_count: int = 100
     inbox_concurrency: int = 1
@@ -93,6 +99,12 @@ class Settings:
     def queue_name(self) -> str:
         """The service's queue: every worker of one service shares it (a consumer group)."""
         return f"{self.queue_prefix}{self.service}"
+
+    @property
+    def dead_letter_name(self) -> str:
+        """The service queue's dead-letter exchange and queue (quorum queues): one name, two
+        kinds of object (AMQP keeps exchange and queue names apart)."""
+        return f"{self.queue_name}{DEAD_LETTER_SUFFIX}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +270,10 @@ RULES: dict[str, Rule] = {
     "unroutable": (_choice(UNROUTABLE_POLICIES), "inbox_outbox.E001"),
     "relay_listen_dsn": (_listen_dsn, "inbox_outbox.E016"),
     "queue_prefix": (_amqp_name(empty=True), "inbox_outbox.E014"),
+    "queue_type": (_choice(QUEUE_TYPES), "inbox_outbox.E017"),
+    # RabbitMQ keeps a quorum queue's delivery limit in a 32-bit field.
+    "delivery_limit": (_positive_int(), _INTEGER),
+    "inbox_hold_seconds": (_number(zero=True), _NUMBER),
     "consume_in_worker": (_boolean, _BOOLEAN),
     # AMQP's prefetch count is a 16-bit field.
     "prefetch_count": (_positive_int(65_535), _INTEGER),
@@ -282,6 +298,9 @@ _HINTS = {
     "relay_listen_dsn": "Give the relay a direct connection to PostgreSQL for LISTEN, e.g. "
     '"host=db-primary port=5432" (parameters left out come from the database\'s settings), '
     "or remove the key to listen on the database's own connection settings.",
+    "queue_type": 'Use "classic" (the default: what existing deployments declared) or "quorum" '
+    "(replicated, with a delivery limit and a dead-letter queue; RabbitMQ 3.10 or later). An "
+    "existing queue keeps its type: see docs/operations.md, 'Moving to quorum queues'.",
     "broker_url": "Give an AMQP URL such as amqp://user:password@rabbitmq:5672//, or remove "
     "the key to use CELERY_BROKER_URL.",
 }
@@ -348,12 +367,18 @@ def _relations(conf: Settings) -> list[Problem]:
     # RELAY_CONFIRM_TIMEOUT may exceed RELAY_LEASE_SECONDS: a working relay renews its
     # leases (outbox/lease.py), so the old rule "confirm timeout < lease" (E005) is gone.
     found = []
-    if len(conf.queue_name.encode()) > AMQP_NAME_MAX_BYTES:
+    longest = conf.dead_letter_name if conf.queue_type == "quorum" else conf.queue_name
+    if len(longest.encode()) > AMQP_NAME_MAX_BYTES:
         found.append(
             Problem(
                 "QUEUE_PREFIX",
-                f'{SETTING_NAME}["QUEUE_PREFIX"] + "SERVICE" (the queue name) is longer than '
-                f"{AMQP_NAME_MAX_BYTES} bytes.",
+                f'{SETTING_NAME}["QUEUE_PREFIX"] + "SERVICE" (the queue name'
+                + (
+                    f', with "{DEAD_LETTER_SUFFIX}" for its dead-letter queue'
+                    if longest != conf.queue_name
+                    else ""
+                )
+                + f") is longer than {AMQP_NAME_MAX_BYTES} bytes.",
                 "Shorten QUEUE_PREFIX: AMQP queue names are at most 255 bytes.",
                 "inbox_outbox.E014",
             )

@@ -3,7 +3,10 @@
 On AMQP (RabbitMQ) a batch goes out on a confirm-mode channel with the mandatory
 flag; every message is published back to back and the relay then waits for the
 broker's acks (a window of confirms instead of one round trip per message). A
-message the broker returns (no queue bound) or nacks is reported as failed.
+message the broker returns (no queue bound) is reported as unroutable; one it nacks as
+refused: RabbitMQ nacks a publish only when a queue it routes to cannot take it (full with
+``x-overflow: reject-publish``, a quorum queue without a leader), which is the broker's state,
+never the message's fault, so the relay tries it again later without charging an attempt.
 
 Other kombu transports (Redis, in-memory) have no confirms: a publish that
 returns without error counts as accepted.
@@ -64,13 +67,16 @@ class BatchResult:
     """What became of each message of a batch.
 
     ``sent``: confirmed by the broker. ``unroutable``: returned by the broker because no
-    queue was bound. ``failed``: nacked or refused, with the reason. Messages in none of
-    these were not confirmed (the connection dropped): they stay unsent, uncharged.
+    queue was bound. ``refused``: nacked by the broker (a queue full or unavailable): not
+    confirmed, to be tried again, uncharged. ``failed``: the message's own fault (it cannot
+    be encoded), with the reason. Messages in none of these were not confirmed (the
+    connection dropped): they stay unsent, uncharged.
     """
 
     sent: set[uuid.UUID] = field(default_factory=set)
     unroutable: set[uuid.UUID] = field(default_factory=set)
     failed: dict[uuid.UUID, str] = field(default_factory=dict)
+    refused: set[uuid.UUID] = field(default_factory=set)
 
 
 class Publisher:
@@ -151,7 +157,7 @@ class AmqpPublisher(Publisher):
         self._errors = (*errors, TimeoutError)
         return channel
 
-    def _settle(self, delivery_tag: int, multiple: bool, error: str | None) -> None:
+    def _settle(self, delivery_tag: int, multiple: bool, nacked: bool) -> None:
         # Tags are sequential and ``_in_flight`` keeps insertion order, so a ``multiple``
         # confirm settles a prefix of it.
         if multiple:
@@ -166,16 +172,16 @@ class AmqpPublisher(Publisher):
             message_id = self._in_flight.pop(tag, None)
             if message_id is None:
                 continue
-            if error is not None:
-                self._result.failed[message_id] = error
+            if nacked:
+                self._result.refused.add(message_id)
             elif message_id not in self._result.unroutable:
                 self._result.sent.add(message_id)
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
-        self._settle(delivery_tag, multiple, None)
+        self._settle(delivery_tag, multiple, False)
 
     def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
-        self._settle(delivery_tag, multiple, "nacked by the broker")
+        self._settle(delivery_tag, multiple, True)
 
     def _on_return(
         self, exc: Exception, exchange: str, routing_key: str, message: amqp.Message
@@ -191,10 +197,10 @@ class AmqpPublisher(Publisher):
         self._in_flight = {}
         self._send_error = None
         now = timezone.now()
-        refused: set[tuple[str, str]] = set()  # keys whose earlier message failed to encode
+        unencodable: set[tuple[str, str]] = set()  # keys whose earlier message failed to encode
         try:
             for message in batch:
-                if message.key is not None and (message.topic, message.key) in refused:
+                if message.key is not None and (message.topic, message.key) in unencodable:
                     continue  # not published, so not confirmed: it stays unsent, uncharged
                 try:
                     channel.basic_publish(
@@ -209,7 +215,7 @@ class AmqpPublisher(Publisher):
                 except ENCODE_ERRORS as exc:  # before its first byte: the connection is fine
                     self._result.failed[message.id] = encode_error(exc)
                     if message.key is not None:
-                        refused.add((message.topic, message.key))
+                        unencodable.add((message.topic, message.key))
                     continue
                 self._next_tag += 1
                 self._in_flight[self._next_tag] = message.id
@@ -232,7 +238,8 @@ class AmqpPublisher(Publisher):
                 self._connection.drain_events(timeout=remaining)
         except self._errors as exc:
             self._drop()  # a broker that let a confirm time out may not answer a close either
-            if self._result.sent or self._result.failed or self._result.unroutable:
+            result = self._result
+            if result.sent or result.failed or result.unroutable or result.refused:
                 logger.warning("outbox: broker connection lost mid-batch: %s", exc)
                 return self._result  # what was confirmed counts; the rest stays unsent
             raise BrokerUnavailable(f"publishing to the broker failed: {exc}") from exc

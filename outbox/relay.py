@@ -61,6 +61,11 @@ logger = logging.getLogger(__name__)
 #: each claim is bounded however many keys are blocked, and each key is visited once a lap.
 KEYS_PER_CLAIM = 1000
 
+#: Backoff (first and longest wait, seconds) for messages the broker refused (nacked): a full
+#: or leaderless queue. Never charged an attempt; retried after the wait, so a relay does not
+#: spin against a full queue.
+REFUSED_BACKOFF = (0.5, 15.0)
+
 #: Where a walk over the keys begins: before the first (topic, key).
 START = ("", "")
 
@@ -199,6 +204,7 @@ class Relay:
         self._cursor = START  # the claim's walk over the keys goes on after this one
         self._lap: Lap | None = None
         self._turn = 0
+        self._refusals = 0  # batches in a row with a message the broker refused
         self.keeper = LeaseKeeper(
             using=self.using,
             owner=self.owner,
@@ -385,15 +391,44 @@ class Relay:
             )
         for mid, error in failed.items():
             self._fail(mid, error)
+        refused = [m.id for m in batch if m.id in result.refused and m.id not in failed]
+        if refused:
+            self._refuse(refused)
+        elif ok:
+            self._refusals = 0
         unconfirmed = [
             m.id
             for m in batch
-            if m.id not in ok and m.id not in failed and m.id not in result.unroutable
+            if m.id not in ok
+            and m.id not in failed
+            and m.id not in result.unroutable
+            and m.id not in result.refused
         ]
         if unconfirmed or held:
             self._messages(unconfirmed + held).update(lease_owner="", lease_until=None)
         self.stats["sent"] += len(ok)
         self.stats["failed"] += len(failed)
+        self.stats["refused"] += len(refused)
+
+    def _refuse(self, ids: list[uuid.UUID]) -> None:
+        """The broker nacked ``ids`` (a queue full or without a leader): not confirmed, so
+        not sent, and not their fault, so not charged. They wait a backoff that grows while
+        refusals go on (on the database's clock), so the relay never spins on a full queue."""
+        self._refusals += 1
+        delay = backoff_seconds(self._refusals, *REFUSED_BACKOFF)
+        logger.warning(
+            "outbox relay: the broker refused %d message(s) (a queue is full or unavailable); "
+            "trying again in %.1fs, no attempt charged",
+            len(ids),
+            delay,
+        )
+        self._messages(ids).update(
+            available_at=ExpressionWrapper(
+                Now() + timedelta(seconds=delay), output_field=DateTimeField()
+            ),
+            lease_owner="",
+            lease_until=None,
+        )
 
     def _give_up(
         self, ids: list[uuid.UUID], *, status: str, error: str, charge: bool = False

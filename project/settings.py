@@ -91,6 +91,8 @@ INBOX_OUTBOX = {
     "RETENTION_DAYS": env.float("RETENTION_DAYS", default=None),
     "RELAY_POLL_INTERVAL": env.float("RELAY_POLL_INTERVAL", default=1.0),
     "NUDGE_INTERVAL": env.float("NUDGE_INTERVAL", default=0.005),
+    "QUEUE_TYPE": env("QUEUE_TYPE", default="classic"),
+    "DELIVERY_LIMIT": env.int("DELIVERY_LIMIT", default=20),
 }
 
 LOGGING = {

@@ -48,7 +48,13 @@ def names(settings, broker_url: str) -> Iterator[Names]:
     }
     yield ns
     with kombu.Connection(broker_url) as conn:
-        for kind, name in (("queue", ns.queue), ("exchange", ns.exchange)):
+        dead = f"{ns.queue}.dead-letter"  # a quorum queue's dead-letter queue and exchange
+        for kind, name in (
+            ("queue", ns.queue),
+            ("exchange", ns.exchange),
+            ("queue", dead),
+            ("exchange", dead),
+        ):
             with contextlib.suppress(*conn.channel_errors):
                 getattr(conn.channel(), f"{kind}_delete")(name)
 

@@ -170,7 +170,9 @@ class _NeverMatches:
         return None
 
 
-def test_a_connection_error_requeues_the_batch_and_charges_nothing(names, monkeypatch):
+def test_a_connection_error_requeues_the_batch_and_charges_nothing(names, monkeypatch, settings):
+    settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "INBOX_HOLD_SECONDS": 0}
+
     def down(*args, **kwargs):
         raise OperationalError("server closed the connection unexpectedly")
 

@@ -61,6 +61,10 @@ def test_an_unknown_key_is_a_warning_naming_it(settings):
         ({"RELAY_LISTEN_DSN": 5432}, "inbox_outbox.E016"),
         ({"RELAY_LISTEN_DSN": ""}, "inbox_outbox.E016"),
         ({"RELAY_LISTEN_DSN": "host=db port"}, "inbox_outbox.E016"),
+        ({"QUEUE_TYPE": "stream"}, "inbox_outbox.E017"),
+        ({"QUEUE_TYPE": "Quorum"}, "inbox_outbox.E017"),
+        ({"DELIVERY_LIMIT": 0}, "inbox_outbox.E004"),
+        ({"INBOX_HOLD_SECONDS": -1}, "inbox_outbox.E008"),
     ],
 )
 def test_a_bad_value_is_an_error_with_a_hint(settings, override, error):
@@ -272,3 +276,18 @@ def test_a_database_behind_a_transaction_pooler_without_a_listen_dsn_is_a_warnin
     assert warning.id == "inbox_outbox.W002" and "RELAY_LISTEN_DSN" in warning.hint
     settings.INBOX_OUTBOX = {"SERVICE": "billing", "RELAY_LISTEN_DSN": "host=db port=5432"}
     assert check_listener() == []
+
+
+def test_a_queue_type_the_library_does_not_know_says_which_ones_it_does_and_how_to_move(settings):
+    settings.INBOX_OUTBOX = {"SERVICE": "billing", "QUEUE_TYPE": "stream"}
+    [error] = check_settings()
+    assert "classic, quorum" in error.msg
+    assert "docs/operations.md" in error.hint
+
+
+def test_a_quorum_queue_name_leaves_room_for_its_dead_letter_queue(settings):
+    settings.INBOX_OUTBOX = {"SERVICE": "b", "QUEUE_PREFIX": "p" * 250, "QUEUE_TYPE": "quorum"}
+    [error] = check_settings()
+    assert error.id == "inbox_outbox.E014" and ".dead-letter" in error.msg
+    settings.INBOX_OUTBOX = {"SERVICE": "b", "QUEUE_PREFIX": "p" * 250}
+    assert check_settings() == []
