@@ -205,6 +205,20 @@ def dead_letters(connection: kombu.Connection | None = None) -> DeadLetters:
             connection.release()
 
 
+def dead_letters_shown() -> int | str | None:
+    """The dead-letter queue's depth as operators see it (``inbox_status``, the admin): a
+    number, a sentence when it cannot be read, None for a classic queue (it has none). An
+    unreachable broker is said, never raised: the database's counts still help."""
+    try:
+        found = dead_letters()
+    except Exception as exc:
+        logger.debug("inbox: dead-letter queue not readable", exc_info=True)
+        return f"unknown (broker unavailable: {exc})"
+    if found.queue is None:
+        return None
+    return "not declared yet" if found.depth is None else found.depth
+
+
 class RequeueStopped(InboxError):
     """Raised when the service queue refused a message moved back from the dead-letter
     queue (full, or unavailable): that message stays in the dead-letter queue."""
