@@ -40,11 +40,14 @@ def test_two_producers_on_the_same_keys_keep_their_own_order_while_their_relays_
     for producer in producers:
         producer.start()
     relays = {source: system.relay(source) for source in sources}
+    under_traffic = 0
     for _ in range(KILLS):
         for source in random.sample(sources, len(sources)):
             time.sleep(random.uniform(1.0, 2.5))
+            under_traffic += not all(p.done.is_set() for p in producers)
             system.processes.kill(relays[source])
             relays[source] = system.relay(source)
+    assert under_traffic >= KILLS, f"only {under_traffic} kills while the producers published"
     for producer in producers:
         assert producer.done.wait(240), "a producer did not finish"
     settle(timeout=240, sources=sources)
