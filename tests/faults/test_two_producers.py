@@ -27,7 +27,7 @@ KILLS = 4
 def test_two_producers_on_the_same_keys_keep_their_own_order_while_their_relays_are_killed(
     processes, names, broker_url
 ):
-    """Both producers publish keys k0..k19 of ``test.effect``; each one's relay is killed
+    """15. Both producers publish keys k0..k19 of ``test.effect``; each one's relay is killed
     four times at random points, the two out of step. Every committed message of either
     producer has one effect per consumer, each (source, key) in sequence order."""
     other = Source(using=OTHER_SERVICE, name=f"{names.service}-other")
