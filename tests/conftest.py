@@ -15,7 +15,7 @@ from pathlib import Path
 
 import kombu
 import pytest
-from django.db import connection
+from django.db import connections
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,9 +95,9 @@ def cloudevent(
     return body
 
 
-def test_database_url() -> str:
-    """The URL of the database the test run is using, for subprocesses."""
-    s = connection.settings_dict
+def test_database_url(using: str = "default") -> str:
+    """The URL of the test database behind alias ``using``, for subprocesses."""
+    s = connections[using].settings_dict
     user = s.get("USER") or "postgres"
     auth = f"{user}:{s['PASSWORD']}" if s.get("PASSWORD") else user
     return f"postgres://{auth}@{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
