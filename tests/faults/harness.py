@@ -10,6 +10,7 @@ some transactions roll back on purpose. The consumer's ``record_effect`` handler
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections import Counter, defaultdict
@@ -20,10 +21,11 @@ from django.db import DatabaseError, InterfaceError, connections, transaction
 
 from inbox.models import InboxMessage
 from inbox.processing import retry_due
+from inbox.registry import registry
 from outbox import publish
 from outbox.models import OutboxMessage
 from project.shop.models import Order
-from tests.conftest import Processes, wait_until
+from tests.conftest import Processes, Sender, queue_counts, wait_until
 from tests.testapp.models import Effect
 
 #: Short leases and fast retries, so that faults heal within a test's time.
@@ -46,7 +48,8 @@ class Producer(threading.Thread):
     """Publishes ``count`` messages, one business row + one outbox row per transaction.
 
     Every ``rollback_every``-th transaction rolls back after publishing. ``hot_share`` of
-    the messages go to one hot key. ``extra`` lands in every payload (handler flags).
+    the messages go to one hot key; every ``keyless_every``-th has no key. ``extra`` lands
+    in every payload (handler flags).
     ``slow_every``: that transaction takes an id early and commits ``slow_seconds`` later,
     so commits come out of id order. Database errors (a terminated connection) just lose
     that transaction, like any client's.
@@ -55,6 +58,7 @@ class Producer(threading.Thread):
     count: int
     keys: int = 50
     hot_share: float = 0.0
+    keyless_every: int = 0
     rollback_every: int = 7  # coprime with the key counts used, so every key commits
     extra: dict[str, Any] = field(default_factory=dict)
     pace: float = 0.0
@@ -73,7 +77,9 @@ class Producer(threading.Thread):
         rolled_back = len(range(0, self.count, self.rollback_every)) if self.rollback_every else 0
         return self.count - rolled_back - self.errors
 
-    def key(self, n: int) -> str:
+    def key(self, n: int) -> str | None:
+        if self.keyless_every and n % self.keyless_every == 0:
+            return None
         if self.hot_share and random.random() < self.hot_share:
             return "hot"
         return f"k{n % self.keys}"
@@ -213,10 +219,11 @@ def check_books(
         assert set(effects) <= set(committed), f"{consumer}: effects for uncommitted messages"
         assert not (set(effects) & dead), f"{consumer}: a dead message had an effect"
     # 4. Per-key order: each key's effects in handling order carry increasing positions
-    #    (epoch, sequence): a counter restarted in a new epoch counts from 1 again.
+    #    (epoch, sequence): a counter restarted in a new epoch counts from 1 again. Keyless
+    #    messages have no order.
     sequences: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for key, epoch, seq in (
-        Effect.objects.filter(consumer="effect")
+        Effect.objects.filter(consumer="effect", key__isnull=False)
         .order_by("id")
         .values_list("key", "epoch", "sequence")
     ):
@@ -229,3 +236,51 @@ def check_books(
     dead = set(InboxMessage.objects.filter(status="dead").values_list("message_id", flat=True))
     assert dead == set(expect_dead), f"unexpected dead messages: {dead ^ set(expect_dead)}"
     return {"committed": len(committed), "keys": len(sequences)}
+
+
+@dataclass(frozen=True)
+class RawDelivery:
+    """A delivery put straight on the service queue, bypassing ``publish()`` and the relay:
+    what another service, or a hostile one, may send."""
+
+    name: str
+    body: bytes
+    properties: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, Any] = field(default_factory=dict)
+
+    def send(self, sender: Sender) -> None:
+        sender.raw(self.body, to_queue=True, application_headers=self.headers, **self.properties)
+
+    def copy(self, n: int) -> RawDelivery:
+        """The same content as a new message: the body's first ``id`` gets the prefix
+        ``c<n>-`` (a bad id stays as bad); a body without one gets ``n`` trailing blanks
+        (JSON or not, it reads as before, but it is another body)."""
+        marked = re.sub(rb'"id": "', b'"id": "c%d-' % n, self.body, count=1)
+        body = marked if marked != self.body else self.body + b" " * n
+        return RawDelivery(f"{self.name} (copy {n})", body, self.properties, self.headers)
+
+
+def check_rejected(sent: list[RawDelivery], *, committed: int) -> None:
+    """Prove that each delivery of ``sent`` is stored exactly once, ``rejected`` with its
+    reason and raw body, that nothing else was rejected, and that the inbox holds nothing but
+    these and one handled row per committed message and consumer."""
+    rejected = list(InboxMessage.objects.rejected().values_list("raw_body", "last_error"))
+    stored = Counter(bytes(raw) for raw, _ in rejected)
+    wrong = {d.name: stored[d.body] for d in sent if stored[d.body] != 1}
+    assert not wrong, f"hostile deliveries not stored exactly once as rejected: {wrong}"
+    assert len(rejected) == len(sent), f"{len(rejected) - len(sent)} other rows were rejected"
+    assert all(error for _, error in rejected), "a rejected row without its reason"
+    statuses = Counter(InboxMessage.objects.values_list("status", flat=True))
+    consumers = len(registry.for_topic("test.effect"))
+    assert statuses == {"done": committed * consumers, "rejected": len(sent)}, dict(statuses)
+
+
+def check_queue_drained(broker_url: str, queue: str, *, consumers: int) -> None:
+    """Prove that the broker holds nothing of ``queue``: every delivery acknowledged, none
+    ready, none requeued forever, and ``consumers`` still consuming."""
+    wait_until(
+        lambda: queue_counts(broker_url, queue)[:2] == (0, 0),
+        timeout=60,
+        message=lambda: f"the queue to empty: {queue_counts(broker_url, queue)}",
+    )
+    assert queue_counts(broker_url, queue)[2] == consumers, "a worker stopped consuming"
