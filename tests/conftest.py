@@ -230,33 +230,6 @@ def read_queue(broker_url: str, queue: kombu.Queue, *, idle: float = 1.0) -> lis
                 return got
 
 
-def queue_counts(broker_url, queue):
-    """(ready, unacknowledged, consumers) of ``queue``, from the broker itself."""
-    vhost = kombu.Connection(broker_url).virtual_host or "/"
-    listing = subprocess.run(
-        [
-            "rabbitmqctl",
-            "-q",
-            "list_queues",
-            "-p",
-            vhost,
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-            "consumers",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    for line in listing.splitlines():
-        fields = line.split("\t")
-        if fields[0] == queue:
-            return tuple(int(f) for f in fields[1:])
-    raise AssertionError(f"queue {queue} not found in {listing!r}")
-
-
 class Sender:
     """Publishes raw AMQP messages to the test's exchange or straight to its queue."""
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import random
 import re
+import signal
 import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import kombu
 from django.db import DatabaseError, InterfaceError, connections, transaction
 
 from inbox.models import InboxMessage
@@ -25,7 +27,7 @@ from inbox.registry import registry
 from outbox import publish
 from outbox.models import OutboxMessage
 from project.shop.models import Order
-from tests.conftest import Processes, Sender, queue_counts, wait_until
+from tests.conftest import Processes, Sender, wait_until
 from tests.testapp.models import Effect
 
 #: Short leases and fast retries, so that faults heal within a test's time.
@@ -275,12 +277,25 @@ def check_rejected(sent: list[RawDelivery], *, committed: int) -> None:
     assert statuses == {"done": committed * consumers, "rejected": len(sent)}, dict(statuses)
 
 
-def check_queue_drained(broker_url: str, queue: str, *, consumers: int) -> None:
-    """Prove that the broker holds nothing of ``queue``: every delivery acknowledged, none
-    ready, none requeued forever, and ``consumers`` still consuming."""
+def queue_depth(broker_url: str, queue: str) -> tuple[int, int]:
+    """(deliveries ready, consumers) of ``queue``, as the broker reports them."""
+    with kombu.Connection(broker_url) as conn:
+        declared = conn.default_channel.queue_declare(queue, passive=True)
+        return declared.message_count, declared.consumer_count
+
+
+def check_queue_drained(system: System, broker_url: str, queue: str) -> None:
+    """Prove that every delivery of ``queue`` was acknowledged, none requeued forever: the
+    queue empties while the live workers consume it, and stays empty once they stop cleanly
+    (a delivery they still held unacknowledged would go back to it then)."""
+    live = system.live(system.workers)
     wait_until(
-        lambda: queue_counts(broker_url, queue)[:2] == (0, 0),
+        lambda: queue_depth(broker_url, queue) == (0, len(live)),
         timeout=60,
-        message=lambda: f"the queue to empty: {queue_counts(broker_url, queue)}",
+        message=lambda: f"the queue to empty: {queue_depth(broker_url, queue)}",
     )
-    assert queue_counts(broker_url, queue)[2] == consumers, "a worker stopped consuming"
+    for worker in live:
+        system.processes.kill(worker, signal.SIGTERM)
+        assert worker.returncode == 0, "a worker did not stop cleanly on SIGTERM"
+    wait_until(lambda: queue_depth(broker_url, queue)[1] == 0, timeout=30, message="no consumer")
+    assert queue_depth(broker_url, queue)[0] == 0, "deliveries were left unacknowledged"

@@ -30,6 +30,7 @@ from tests.faults.harness import (
     check_queue_drained,
     check_rejected,
     describe,
+    queue_depth,
     settle,
 )
 from tests.faults.test_scenarios import N, effects_so_far, terminate_backends, wait_consuming
@@ -58,8 +59,7 @@ def system(processes):
 
 
 def ready(broker_url, queue):
-    with kombu.Connection(broker_url) as conn:
-        return conn.default_channel.queue_declare(queue, passive=True).message_count
+    return queue_depth(broker_url, queue)[0]
 
 
 def send_copies(sender, n, *, spread=0.0):
@@ -118,9 +118,8 @@ def test_a_poison_batch_is_stored_rejected_while_its_good_messages_are_handled_o
     settle(producer=producer, timeout=240)
     books = check_books(minimum=producer.expected)
     check_rejected(sent, committed=books["committed"])
-    live = system.live(system.workers)
-    assert len(live) == 2, "a worker died"
-    check_queue_drained(broker_url, names.queue, consumers=len(live))
+    assert len(system.live(system.workers)) == 2, "a worker died"
+    check_queue_drained(system, broker_url, names.queue)
     for worker in system.workers:
         log = worker.log_path.read_text()
         assert "Exception in thread" not in log, log[-3000:]

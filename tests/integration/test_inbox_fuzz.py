@@ -4,15 +4,17 @@ running. Thousands of generated deliveries, NUL-capable strings included (issue 
 
 import itertools
 import json
+import subprocess
 import time
 
+import kombu
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from inbox.models import InboxMessage
 from inbox_outbox.cloudevents import CONTENT_TYPE
-from tests.conftest import Sender, queue_counts, wait_until
+from tests.conftest import Sender, wait_until
 from tests.integration.test_workers import start_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -204,6 +206,33 @@ def build(template, n):
 
 
 # -- the property ------------------------------------------------------------------------
+
+
+def queue_counts(broker_url, queue):
+    """(ready, unacknowledged, consumers) of ``queue``, from the broker itself."""
+    vhost = kombu.Connection(broker_url).virtual_host or "/"
+    listing = subprocess.run(
+        [
+            "rabbitmqctl",
+            "-q",
+            "list_queues",
+            "-p",
+            vhost,
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    for line in listing.splitlines():
+        fields = line.split("\t")
+        if fields[0] == queue:
+            return tuple(int(f) for f in fields[1:])
+    raise AssertionError(f"queue {queue} not found in {listing!r}")
 
 
 def test_thousands_of_generated_deliveries_are_all_acked_each_stored_once_and_the_worker_lives(
