@@ -14,6 +14,8 @@ books against the one consumer's effects.
 from __future__ import annotations
 
 import random
+import re
+import signal
 import threading
 import time
 from collections import Counter, defaultdict
@@ -21,16 +23,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import kombu
 from django.db import DatabaseError, InterfaceError, connections, transaction
 from django.db.models import QuerySet
 
 from inbox.models import InboxMessage
 from inbox.processing import retry_due
+from inbox.registry import registry
 from inbox_outbox.conf import get_settings
 from outbox import publish
 from outbox.models import OutboxMessage
 from project.shop.models import Order
-from tests.conftest import Processes, test_database_url, wait_until
+from tests.conftest import Processes, Sender, test_database_url, wait_until
 from tests.testapp.models import Effect
 
 #: Short leases and fast retries, so that faults heal within a test's time.
@@ -80,7 +84,8 @@ class Producer(threading.Thread):
     """Publishes ``count`` messages, one business row + one outbox row per transaction.
 
     Every ``rollback_every``-th transaction rolls back after publishing. ``hot_share`` of
-    the messages go to one hot key. ``extra`` lands in every payload (handler flags).
+    the messages go to one hot key; every ``keyless_every``-th has no key. ``extra`` lands
+    in every payload (handler flags).
     ``slow_every``: that transaction takes an id early and commits ``slow_seconds`` later,
     so commits come out of id order. Database errors (a terminated connection) just lose
     that transaction, like any client's.
@@ -89,6 +94,7 @@ class Producer(threading.Thread):
     count: int
     keys: int = 50
     hot_share: float = 0.0
+    keyless_every: int = 0
     rollback_every: int = 7  # coprime with the key counts used, so every key commits
     extra: dict[str, Any] = field(default_factory=dict)
     pace: float = 0.0
@@ -108,7 +114,9 @@ class Producer(threading.Thread):
         rolled_back = len(range(0, self.count, self.rollback_every)) if self.rollback_every else 0
         return self.count - rolled_back - self.errors
 
-    def key(self, n: int) -> str:
+    def key(self, n: int) -> str | None:
+        if self.keyless_every and n % self.keyless_every == 0:
+            return None
         if self.hot_share and random.random() < self.hot_share:
             return "hot"
         return f"k{n % self.keys}"
@@ -265,10 +273,11 @@ def check_books(
         assert not (set(effects) & dead), f"{consumer}: a dead message had an effect"
     # 4. Per-stream order: each (source, key)'s effects in handling order carry increasing
     #    positions (epoch, sequence): a counter restarted in a new epoch counts from 1 again.
-    #    Every effect names the service whose outbox the message was committed in.
+    #    Every effect names the service whose outbox the message was committed in. Keyless
+    #    messages have no order.
     streams: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
     for message_id, source_name, key, epoch, seq in (
-        Effect.objects.filter(consumer="effect")
+        Effect.objects.filter(consumer="effect", key__isnull=False)
         .order_by("id")
         .values_list("message_id", "source", "key", "epoch", "sequence")
     ):
@@ -286,3 +295,64 @@ def check_books(
         "keys": len({key for _, key in streams}),
         "streams": len(streams),
     }
+
+
+@dataclass(frozen=True)
+class RawDelivery:
+    """A delivery put straight on the service queue, bypassing ``publish()`` and the relay:
+    what another service, or a hostile one, may send."""
+
+    name: str
+    body: bytes
+    properties: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, Any] = field(default_factory=dict)
+
+    def send(self, sender: Sender) -> None:
+        sender.raw(self.body, to_queue=True, application_headers=self.headers, **self.properties)
+
+    def copy(self, n: int) -> RawDelivery:
+        """The same content as a new message: the body's first ``id`` gets the prefix
+        ``c<n>-`` (a bad id stays as bad); a body without one gets ``n`` trailing blanks
+        (JSON or not, it reads as before, but it is another body)."""
+        marked = re.sub(rb'"id": "', b'"id": "c%d-' % n, self.body, count=1)
+        body = marked if marked != self.body else self.body + b" " * n
+        return RawDelivery(f"{self.name} (copy {n})", body, self.properties, self.headers)
+
+
+def check_rejected(sent: list[RawDelivery], *, committed: int) -> None:
+    """Prove that each delivery of ``sent`` is stored exactly once, ``rejected`` with its
+    reason and raw body, that nothing else was rejected, and that the inbox holds nothing but
+    these and one handled row per committed message and consumer."""
+    rejected = list(InboxMessage.objects.rejected().values_list("raw_body", "last_error"))
+    stored = Counter(bytes(raw) for raw, _ in rejected)
+    wrong = {d.name: stored[d.body] for d in sent if stored[d.body] != 1}
+    assert not wrong, f"hostile deliveries not stored exactly once as rejected: {wrong}"
+    assert len(rejected) == len(sent), f"{len(rejected) - len(sent)} other rows were rejected"
+    assert all(error for _, error in rejected), "a rejected row without its reason"
+    statuses = Counter(InboxMessage.objects.values_list("status", flat=True))
+    consumers = len(registry.for_topic("test.effect"))
+    assert statuses == {"done": committed * consumers, "rejected": len(sent)}, dict(statuses)
+
+
+def queue_depth(broker_url: str, queue: str) -> tuple[int, int]:
+    """(deliveries ready, consumers) of ``queue``, as the broker reports them."""
+    with kombu.Connection(broker_url) as conn:
+        declared = conn.default_channel.queue_declare(queue, passive=True)
+        return declared.message_count, declared.consumer_count
+
+
+def check_queue_drained(system: System, broker_url: str, queue: str) -> None:
+    """Prove that every delivery of ``queue`` was acknowledged, none requeued forever: the
+    queue empties while the live workers consume it, and stays empty once they stop cleanly
+    (a delivery they still held unacknowledged would go back to it then)."""
+    live = system.live(system.workers)
+    wait_until(
+        lambda: queue_depth(broker_url, queue) == (0, len(live)),
+        timeout=60,
+        message=lambda: f"the queue to empty: {queue_depth(broker_url, queue)}",
+    )
+    for worker in live:
+        system.processes.kill(worker, signal.SIGTERM)
+        assert worker.returncode == 0, "a worker did not stop cleanly on SIGTERM"
+    wait_until(lambda: queue_depth(broker_url, queue)[1] == 0, timeout=30, message="no consumer")
+    assert queue_depth(broker_url, queue)[0] == 0, "deliveries were left unacknowledged"
