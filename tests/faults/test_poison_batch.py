@@ -73,7 +73,7 @@ def send_copies(sender, n, *, spread=0.0):
 def test_a_poison_batch_is_stored_rejected_while_its_good_messages_are_handled_once(
     system, names, broker_url
 ):
-    """12. Hostile deliveries among 2,000 good transactions (a third keyless), first queued
+    """16. Hostile deliveries among 2,000 good transactions (a third keyless), first queued
     with no worker running, then sent among live traffic while workers are SIGKILLed and
     their connections terminated: every good message is handled once per consumer, in order
     per key; every hostile one is stored once, rejected with its reason and raw body; the
