@@ -191,7 +191,7 @@ def test_a_database_outage_longer_than_the_delivery_limit_holds_the_deliveries_a
 
     worker = QueueConsumer(broker_url)
     try:
-        assert worker.drain(idle_timeout=1.0) == 3
+        assert worker.drain(idle_timeout=3.0) == 3
     finally:
         worker.close()
     assert outage["left"] == 0
@@ -225,7 +225,7 @@ def test_a_delivery_given_back_after_the_hold_goes_back_with_nack_not_reject(
     monkeypatch.setattr(amqp.Channel, "send_method", spy)
     worker = QueueConsumer(broker_url)
     try:
-        worker.drain(idle_timeout=0.3)
+        worker.drain(idle_timeout=2.0)
     finally:
         worker.close()
     assert spec.Basic.Nack in sent
@@ -247,7 +247,7 @@ def test_the_brokers_delivery_count_lands_in_the_inbox_row_and_the_message(
     nack(amqp_channel, get(amqp_channel, quorum.queue))  # one earlier delivery, given back
     worker = QueueConsumer(broker_url)
     try:
-        assert worker.drain(idle_timeout=0.5) == 1
+        assert worker.drain(idle_timeout=3.0) == 1
     finally:
         worker.close()
     rows = InboxMessage.objects.filter(message_id=message_id)
@@ -278,7 +278,7 @@ def test_dead_letters_are_counted_by_inbox_status_and_the_admin_and_moved_back_b
 
     worker = QueueConsumer(broker_url)
     try:
-        assert worker.drain(idle_timeout=0.5) == 1
+        assert worker.drain(idle_timeout=3.0) == 1
     finally:
         worker.close()
     assert (
