@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import multiprocessing
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -36,6 +37,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--latency-messages", type=int, default=1_000)
     parser.add_argument("--latency-rate", type=float, default=200.0, help="transactions per second")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="only the throughput run, one worker sampled by py-spy (wall clock, per thread) "
+        "into FILE; then summarised by bench/profile_summary.py",
+    )
     args = parser.parse_args()
     django_setup()
 
@@ -54,6 +61,10 @@ def main() -> None:
         "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
     try:
+        if args.profile:
+            ours = bench_workers(args.messages, 1, env, profile=args.profile)
+            print(f"consumer:  {ours:,.0f} msg/s under py-spy; samples in {args.profile}")
+            return
         ours = bench_workers(args.messages, args.workers, env)
         base = bench_baseline(args.messages, args.workers)
         print(
@@ -130,42 +141,78 @@ def _wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-
         time.sleep(0.2)
 
 
-def bench_workers(count: int, workers: int, env: dict[str, str]) -> float:
+def _sample(pid: int, path: str) -> subprocess.Popen:
+    """py-spy sampling process ``pid`` (all threads, idle ones too: a wait is where time goes)."""
+    spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return subprocess.Popen(
+        [
+            *(spy, "record", "--pid", str(pid), "--idle", "--threads", "--rate", "250"),
+            *("--nonblocking", "--format", "raw", "--output", path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _fill(count: int, *, topic: str, keys: int = 0) -> None:
+    """Put ``count`` CloudEvents of ``topic`` in the service queue (not timed), and wait until
+    the queue holds them all. With ``keys``, message i has key ``k<i mod keys>`` and the next
+    sequence of that key, as the relay would publish them."""
     import amqp
     import kombu
-    from django.db.models import Max, Min
     from django.utils import timezone
 
     from inbox.consumer import service_queue
     from inbox_outbox.cloudevents import Outgoing, amqp_properties, encode
     from inbox_outbox.conf import broker_url, get_settings
-    from tests.testapp.models import Effect
 
-    _reset()
     conf = get_settings()
     with kombu.Connection(broker_url()) as conn:
         service_queue()(conn.default_channel).declare()
-    # Fill the queue before the workers start (not timed), then check it holds them all.
     now = timezone.now()
     conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest")
     conn.connect()
-    channel = conn.channel()
-    for i in range(count):
-        message = Outgoing(uuid.uuid4(), "bench.consume", None, None, f'{{"n":{i}}}', {}, now, None)
-        body = encode(message, source="bench")
-        channel.basic_publish(
-            amqp.Message(body, **amqp_properties(message, now=now)),
-            exchange=conf.exchange,
-            routing_key="bench.consume",
+    try:
+        channel = conn.channel()
+        for i in range(count):
+            key = f"k{i % keys}" if keys else None
+            message = Outgoing(
+                id=uuid.uuid4(),
+                topic=topic,
+                key=key,
+                sequence=i // keys + 1 if keys else None,
+                epoch=1 if keys else None,
+                voids=None,
+                payload_json=f'{{"n":{i}}}',
+                headers={},
+                created_at=now,
+                expires_at=None,
+            )
+            channel.basic_publish(
+                amqp.Message(encode(message, source="bench"), **amqp_properties(message, now=now)),
+                exchange=conf.exchange,
+                routing_key=topic,
+            )
+        _wait_for(
+            lambda: channel.queue_declare(conf.queue_name, passive=True).message_count >= count,
+            timeout=60,
+            what="the queue to hold every message",
         )
-    _wait_for(
-        lambda: channel.queue_declare(conf.queue_name, passive=True).message_count >= count,
-        timeout=60,
-        what="the queue to hold every message",
-    )
-    conn.close()
+    finally:
+        conn.close()
 
+
+def bench_workers(
+    count: int, workers: int, env: dict[str, str], *, profile: str | None = None
+) -> float:
+    from django.db.models import Max, Min
+
+    from tests.testapp.models import Effect
+
+    _reset()
+    _fill(count, topic="bench.consume")
     procs = _start_workers(workers, env)
+    sampler = _sample(procs[0].pid, profile) if profile else None
     try:
         _wait_for(
             lambda: Effect.objects.count() >= count,
@@ -173,6 +220,9 @@ def bench_workers(count: int, workers: int, env: dict[str, str]) -> float:
             what=f"{count} effects",
         )
     finally:
+        if sampler is not None:
+            sampler.send_signal(signal.SIGINT)  # py-spy writes its samples when interrupted
+            sampler.wait(timeout=60)
         _stop(procs)
     span = Effect.objects.aggregate(first=Min("created_at"), last=Max("created_at"))
     assert Effect.objects.values("message_id").distinct().count() == count, (
