@@ -79,3 +79,53 @@ def test_keyed_messages_out_of_order_in_a_batch_are_handled_in_sequence(names):
     )
     assert effects() == ["k1", "k2", "k3"]
     assert not InboxMessage.objects.waiting().exists()
+
+
+def inbox_inserts(queries):
+    return [q["sql"] for q in queries if q["sql"].startswith("INSERT INTO inbox_message")]
+
+
+def test_the_keyless_rows_of_a_clean_batch_are_inserted_in_one_statement(names):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        process_batch([event({"n": i}, id=f"b{i}") for i in range(20)])
+    assert len(inbox_inserts(queries.captured_queries)) == 1
+    assert InboxMessage.objects.done().count() == 40  # two consumers of each message
+
+
+def test_a_batch_with_a_duplicate_a_rejected_member_and_a_failing_handler_settles_each_alone(
+    names, settings
+):
+    settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "INBOX_BACKOFF_BASE": 60}
+    process_batch([event({}, id="seen")])
+    process_batch(
+        [
+            event({}, id="first"),
+            event({}, id="seen"),  # processed by an earlier batch
+            (b"not json", {"message_id": "bad"}, {}),
+            event({"fail_times": 1}, id="flaky"),
+            event({}, id="twice"),
+            event({}, id="k1", key="k", sequence=1),
+            event({}, id="twice"),  # the same delivery again, in the same batch
+        ]
+    )
+    assert sorted(effects()) == ["first", "k1", "seen", "twice"]
+    assert sorted(effects("audit")) == ["first", "flaky", "k1", "seen", "twice"]
+    rows = {
+        (row.consumer.rsplit(":", 1)[-1], row.message_id): row.status
+        for row in InboxMessage.objects.all()
+    }
+    assert rows[("effect", "flaky")] == "failed" and rows[("audit", "flaky")] == "done"
+    assert rows[(names.service, "bad")] == "rejected"
+    assert [rows[("effect", m)] for m in ("first", "seen", "twice", "k1")] == ["done"] * 4
+    assert len(rows) == 11
+
+
+def test_a_bulk_insert_finding_a_row_already_there_runs_no_handler_for_it(names):
+    """The row came from another worker (its batch committed first): the handler is skipped."""
+    process_batch([event({}, id="taken")])
+    Effect.objects.all().delete()
+    process_batch([event({}, id="taken"), event({}, id="new")])
+    assert effects() == ["new"]
