@@ -165,13 +165,14 @@ class Lanes:
     def _settle_finished(self) -> None:
         while self._finished:
             batch, outcomes = self._finished.popleft()
-            self._unpin(batch)
+            unsettled = self._unpin(batch)
             try:
-                self.receiver.settle(batch, outcomes)
+                self.receiver.settle(batch, outcomes, unsettled=unsettled)
             except Exception as exc:  # the channel closed meanwhile: the broker redelivers
                 logger.warning("inbox: could not settle %d message(s): %s", len(batch), exc)
 
-    def _unpin(self, batch: list[kombu.Message]) -> None:
+    def _unpin(self, batch: list[kombu.Message]) -> list[Any]:
+        """Unpin ``batch``'s streams; return the delivery tags still unsettled in any lane."""
         with self._cond:
             for message in batch:
                 stream = self._routed.pop(message.delivery_tag, None)
@@ -180,6 +181,7 @@ class Lanes:
                     pin[1] -= 1
                     if not pin[1]:
                         del self._pins[stream]
+            return list(self._routed)
 
     def stop(self) -> None:
         """Stop the lanes: a batch in progress finishes and is settled; waiting deliveries are
