@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import logging
 import traceback as tb
 from dataclasses import dataclass
@@ -368,19 +369,26 @@ _HELD = {
 
 
 def _handle_in_transaction(
-    alias: str, handler: Handler, env: Envelope, raw: bytes | None, inserted: bool | None = None
+    alias: str,
+    handler: Handler,
+    env: Envelope,
+    raw: bytes | None,
+    inserted: bool | None = None,
+    held: ordering.Held | None = None,
 ) -> Outcome:
     """Record ``env`` for ``handler`` and run it, inside the caller's transaction.
 
-    ``inserted`` says that a batch already inserted a keyless message's row (True) or found
-    it there (False, a duplicate); None inserts it here. A handler's exception propagates:
-    the caller rolls back and records the failure.
+    A batch passes what it did already: ``inserted``, that it inserted a keyless message's
+    row (True) or found it there (False, a duplicate), and ``held``, its streams' progress
+    locked. None of either does it here. A handler's exception propagates: the caller rolls
+    back and records the failure.
     """
     consumer = handler.consumer
     stream = stream_of(handler, env)
+    settle = held.settle if held is not None else functools.partial(ordering.settle, alias)
     if stream is not None and env.order is not None:
         position = _position(env.order)
-        last = ordering.lock(alias, stream)
+        last = held.last(stream) if held is not None else ordering.lock(alias, stream)
         verdict = ordering.judge(last, position)
         if verdict in _HELD:
             status, outcome = _HELD[verdict]
@@ -390,7 +398,7 @@ def _handle_in_transaction(
         if env.voids is not None:
             if not _insert(alias, NewRow.of(env, consumer=consumer, status=Status.VOID)):
                 return Outcome.DUPLICATE
-            ordering.settle(alias, stream, position)
+            settle(stream, position)
             return Outcome.VOID
     if inserted is None:
         inserted = _insert(alias, NewRow.of(env, consumer=consumer, status=Status.DONE))
@@ -398,7 +406,7 @@ def _handle_in_transaction(
         return Outcome.DUPLICATE
     handler.func(_message(env, 1))
     if stream is not None and env.order is not None:
-        ordering.settle(alias, stream, _position(env.order))
+        settle(stream, _position(env.order))
     return Outcome.DONE
 
 
@@ -439,7 +447,7 @@ def process_batch(deliveries: list[Delivery], *, using: str | None = None) -> No
     try:
         with transaction.atomic(using=alias):
             # Two batches sharing keys lock them in one order, so they never deadlock.
-            ordering.lock_all(
+            held = ordering.lock_all(
                 alias,
                 (
                     stream
@@ -466,10 +474,11 @@ def process_batch(deliveries: list[Delivery], *, using: str | None = None) -> No
                     if env.order is None:  # the first of a pair given twice runs, once
                         inserted = (handler.consumer, env.id) in fresh
                         fresh.discard((handler.consumer, env.id))
-                    outcome = _handle_in_transaction(alias, handler, env, raw, inserted)
+                    outcome = _handle_in_transaction(alias, handler, env, raw, inserted, held)
                     stream = stream_of(handler, env)
                     if outcome in _DRAIN_AFTER and stream is not None:
                         drains[stream] = handler
+            held.write()
     except Exception as exc:
         logger.debug(
             "inbox: batch of %d rolled back (%s); handling one at a time", len(parsed), exc
@@ -477,8 +486,9 @@ def process_batch(deliveries: list[Delivery], *, using: str | None = None) -> No
         for delivery, _, _ in parsed:
             process_delivery(*delivery, using=alias)
         return
-    for stream, handler in drains.items():
-        drain_stream(handler, stream, using=alias)
+    # One query says which streams have anything waiting; only those are drained.
+    for stream in sorted(ordering.with_waiting(alias, drains)):
+        drain_stream(drains[stream], stream, using=alias)
 
 
 def _record_failure(

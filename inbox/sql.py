@@ -103,8 +103,21 @@ LOCK_PROGRESS = (
 @functools.cache
 def lock_progress_rows(count: int) -> str:
     """Lock ``count`` progress rows at once, in the order of the parameters (a multi-row
-    insert takes its rows' locks in ``VALUES`` order)."""
+    insert takes its rows' locks in ``VALUES`` order), and return each one's stream and last
+    settled (epoch, sequence)."""
     values = ", ".join([_PROGRESS_ROW] * count)
     return (
-        f"INSERT INTO {PROGRESS_TABLE} ({_PROGRESS_COLUMNS}) VALUES {values} {_PROGRESS_CONFLICT}"
+        f"INSERT INTO {PROGRESS_TABLE} ({_PROGRESS_COLUMNS}) VALUES {values} {_PROGRESS_CONFLICT} "
+        "RETURNING consumer, source, topic, key, epoch, last_sequence"
+    )
+
+
+@functools.cache
+def streams_with_waiting_rows(count: int) -> str:
+    """Which of ``count`` streams (consumer, source, topic, key) have a waiting row (the
+    partial index on waiting rows answers it)."""
+    streams = ", ".join(["(%s, %s, %s, %s)"] * count)
+    return (
+        f"SELECT DISTINCT consumer, source, topic, key FROM {TABLE} "
+        f"WHERE status = 'waiting' AND (consumer, source, topic, key) IN ({streams})"
     )

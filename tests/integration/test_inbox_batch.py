@@ -129,3 +129,27 @@ def test_a_bulk_insert_finding_a_row_already_there_runs_no_handler_for_it(names)
     Effect.objects.all().delete()
     process_batch([event({}, id="taken"), event({}, id="new")])
     assert effects() == ["new"]
+
+
+def test_a_batch_locks_and_settles_each_stream_once_and_drains_none_when_nothing_waits(names):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    batch = [event({}, id=f"{key}{n}", key=key, sequence=n) for n in (1, 2, 3) for key in "ab"]
+    with CaptureQueriesContext(connection) as queries:
+        process_batch(batch)
+    statements = [q["sql"] for q in queries.captured_queries]
+    progress = [s for s in statements if "inbox_key_progress" in s]
+    # Two consumers (effect, audit) x two keys: one lock of all four, one write of each.
+    assert len([s for s in progress if s.startswith("INSERT")]) == 1
+    assert len([s for s in progress if s.startswith("UPDATE")]) == 4
+    assert not [s for s in statements if "SKIP LOCKED" in s]  # no drain: nothing waits
+    assert effects() == ["a1", "b1", "a2", "b2", "a3", "b3"]
+
+
+def test_a_later_batch_drains_a_message_left_waiting_by_an_earlier_one(names):
+    process_batch([event({}, id="k2", key="k", sequence=2), event({}, id="other")])
+    assert InboxMessage.objects.waiting().count() == 2  # k2, for both consumers
+    process_batch([event({}, id="k1", key="k", sequence=1), event({}, id="another")])
+    assert effects() == ["other", "k1", "another", "k2"]  # k2 drained after the commit
+    assert not InboxMessage.objects.waiting().exists()
