@@ -48,6 +48,13 @@ def main() -> None:
         "--skip", action="append", default=[], choices=["throughput", "io", "latency"]
     )
     parser.add_argument(
+        "--rss",
+        type=int,
+        metavar="N",
+        help="only the memory run: N messages queued, one worker's RSS sampled while it works",
+    )
+    parser.add_argument("--rss-seconds", type=float, default=60.0)
+    parser.add_argument(
         "--profile",
         metavar="FILE",
         help="only the throughput run, one worker sampled by py-spy (wall clock, per thread) "
@@ -74,6 +81,9 @@ def main() -> None:
         if args.profile:
             ours = bench_workers(args.messages, 1, env, profile=args.profile)
             print(f"consumer:  {ours:,.0f} msg/s under py-spy; samples in {args.profile}")
+            return
+        if args.rss:
+            memory(args.rss, args.rss_seconds, env)
             return
         if "throughput" not in args.skip:
             throughput(args, env)
@@ -128,6 +138,40 @@ def io_bound(args: argparse.Namespace, env: dict[str, str]) -> None:
         "per-key order verified)"
     )
     print(f"ratio:     {rates[8] / rates[1]:.2f}x concurrency 8 over 1 (target >= 5)")
+
+
+def memory(count: int, seconds: float, env: dict[str, str]) -> None:
+    """A worker's resident memory while it works through a backlog of ``count`` messages."""
+    from tests.testapp.models import Effect
+
+    _reset()
+    _fill(count, topic="bench.consume")
+    [proc] = _start_workers(1, env)
+    samples: list[tuple[float, int, int]] = []
+    started = time.monotonic()
+    try:
+        _wait_for(lambda: Effect.objects.exists(), timeout=120, what="the first effect")
+        while time.monotonic() - started < seconds:
+            samples.append((time.monotonic() - started, _rss_kib(proc.pid), Effect.objects.count()))
+            time.sleep(seconds / 20)
+    finally:
+        _stop([proc])
+    for at, rss, handled in samples:
+        print(f"rss:       {at:5.1f} s  {rss / 1024:6.1f} MiB  {handled:>7,} handled")
+    rss = [kib for _, kib, _ in samples]
+    print(
+        f"memory:    worker RSS {min(rss) / 1024:.1f}-{max(rss) / 1024:.1f} MiB over "
+        f"{samples[-1][2] - samples[0][2]:,} messages with {count:,} queued "
+        f"(first sample {rss[0] / 1024:.1f} MiB, last {rss[-1] / 1024:.1f} MiB)"
+    )
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 #: Messages per transaction of the batched baseline.
@@ -246,7 +290,7 @@ def _fill(count: int, *, topic: str, keys: int = 0) -> None:
             )
         _wait_for(
             lambda: channel.queue_declare(conf.queue_name, passive=True).message_count >= count,
-            timeout=60,
+            timeout=60 + count / 1000,
             what="the queue to hold every message",
         )
     finally:
