@@ -15,9 +15,12 @@ import collections
 
 #: Steps of the path, in the order a sample is matched (innermost first where they nest).
 STEPS = (
+    ("inbox rows of a batch, one insert", "_insert_all (inbox/processing.py"),
     ("inbox row insert", "_insert (inbox/processing.py"),
     ("handler (bench: one ORM insert)", "bench (bench/benchapp/handlers.py"),
     ("progress locks", "lock_all (inbox/ordering.py"),
+    ("finding waiting streams", "with_waiting (inbox/ordering.py"),
+    ("draining streams", "drain_stream (inbox/processing.py"),
     ("commit", "Atomic.__exit__"),
     ("parsing the envelope", "parse (inbox/envelope.py"),
     ("rest of the batch (rows, messages)", "process_batch (inbox/processing.py"),
