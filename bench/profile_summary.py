@@ -18,6 +18,7 @@ STEPS = (
     ("inbox rows of a batch, one insert", "_insert_all (inbox/processing.py"),
     ("inbox row insert", "_insert (inbox/processing.py"),
     ("handler (bench: one ORM insert)", "bench (bench/benchapp/handlers.py"),
+    ("handler (bench: 10 ms sleep, one ORM insert)", "bench_io (bench/benchapp/handlers.py"),
     ("progress locks", "lock_all (inbox/ordering.py"),
     ("finding waiting streams", "with_waiting (inbox/ordering.py"),
     ("draining streams", "drain_stream (inbox/processing.py"),

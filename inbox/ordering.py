@@ -82,7 +82,7 @@ class Held:
 
     A batch judges and settles its messages against it instead of asking the database again
     for each one: the locks are held, so no other transaction moves these streams. What was
-    settled is written by :meth:`write`, one statement per stream, before the commit.
+    settled is written by :meth:`write`, one statement for the batch, before the commit.
     """
 
     def __init__(self, alias: str, positions: dict[Stream, Position]) -> None:
@@ -100,9 +100,16 @@ class Held:
             self._last[stream] = self._settled[stream] = position
 
     def write(self) -> None:
-        """Write what was settled, inside the transaction that holds the locks."""
-        for stream, position in sorted(self._settled.items()):
-            settle(self.alias, stream, position)
+        """Write what was settled, inside the transaction that holds the locks: one statement
+        for every stream (:meth:`settle` let only forward moves through)."""
+        settled = sorted(self._settled.items())
+        with connections[self.alias].cursor() as cursor:
+            for start in range(0, len(settled), 500):  # 3,000 parameters a statement at most
+                chunk = settled[start : start + 500]
+                params: list[str | int] = []
+                for stream, position in chunk:
+                    params += [*_stream_params(stream), position.epoch, position.sequence]
+                cursor.execute(sql.set_progress_rows(len(chunk)), params)
         self._settled.clear()
 
 

@@ -113,6 +113,20 @@ def lock_progress_rows(count: int) -> str:
 
 
 @functools.cache
+def set_progress_rows(count: int) -> str:
+    """Set ``count`` progress rows to the (epoch, sequence) given with each stream (consumer,
+    source, topic, key, epoch, sequence). Unconditional: the caller holds the rows' locks and
+    has decided that each moves forward (:class:`inbox.ordering.Held`)."""
+    rows = ", ".join(["(%s, %s, %s, %s, CAST(%s AS bigint), CAST(%s AS bigint))"] * count)
+    return (
+        f"UPDATE {PROGRESS_TABLE} AS p SET epoch = v.column5, last_sequence = v.column6, "
+        f"updated_at = CURRENT_TIMESTAMP FROM (VALUES {rows}) AS v "
+        "WHERE p.consumer = v.column1 AND p.source = v.column2 AND p.topic = v.column3 "
+        "AND p.key = v.column4"
+    )
+
+
+@functools.cache
 def streams_with_waiting_rows(count: int) -> str:
     """Which of ``count`` streams (consumer, source, topic, key) have a waiting row (the
     partial index on waiting rows answers it)."""
