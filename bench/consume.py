@@ -1,13 +1,18 @@
-"""Consumer throughput and commit-to-handler latency, against a baseline in the same run.
+"""Consumer throughput, concurrency and commit-to-handler latency, against baselines in one run.
 
-    .venv/bin/python bench/consume.py [--messages 50000] [--workers 2]
+    .venv/bin/python bench/consume.py [--messages 50000] [--workers 1] [--io-messages 2000]
+        [--skip throughput|io|latency] [--profile FILE]
 
 1. Throughput: N CloudEvents messages wait in the service queue; W Celery worker processes
    (`celery -A project worker --pool solo`, the inbox consumer step) handle them, one
-   business insert per message. Measured from the first to the last handler commit.
-   Baseline: W processes doing the same insert plus an inbox-style
-   ``INSERT … ON CONFLICT DO NOTHING`` per transaction, straight through psycopg.
-2. Latency: with the relay running as a long-running process (``manage.py outbox_relay``)
+   business insert per message. Measured from the first to the last handler's row.
+   Two raw psycopg baselines in the same run, each doing the same two inserts per message
+   (the effect, and an inbox-style ``INSERT … ON CONFLICT DO NOTHING``): W connections
+   committing each message, and one connection committing 100 at a time in pipeline mode.
+   The machine is shared: compare the ratios, which come from one run, not the rates.
+2. I/O-bound: keyed messages over many keys, a handler that sleeps 10 ms; one worker at
+   ``INBOX_CONCURRENCY`` 8 against 1, each key's rows checked to have run 1, 2, 3… in order.
+3. Latency: with the relay running as a long-running process (``manage.py outbox_relay``)
    and the workers up, transactions publish at a steady rate; latency is the handler's
    commit time minus the publishing transaction's time, p50 and p99.
 """
@@ -18,6 +23,7 @@ import argparse
 import contextlib
 import multiprocessing
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -33,9 +39,27 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--messages", type=int, default=50_000)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--io-messages", type=int, default=2_000)
+    parser.add_argument("--io-keys", type=int, default=200)
     parser.add_argument("--latency-messages", type=int, default=1_000)
     parser.add_argument("--latency-rate", type=float, default=200.0, help="transactions per second")
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=["throughput", "io", "latency"]
+    )
+    parser.add_argument(
+        "--rss",
+        type=int,
+        metavar="N",
+        help="only the memory run: N messages queued, one worker's RSS sampled while it works",
+    )
+    parser.add_argument("--rss-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="only the throughput run, one worker sampled by py-spy (wall clock, per thread) "
+        "into FILE; then summarised by bench/profile_summary.py",
+    )
     args = parser.parse_args()
     django_setup()
 
@@ -54,22 +78,104 @@ def main() -> None:
         "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
     try:
-        ours = bench_workers(args.messages, args.workers, env)
-        base = bench_baseline(args.messages, args.workers)
-        print(
-            f"consumer:  {ours:,.0f} msg/s ({args.workers} worker processes, {args.messages:,} messages)"
-        )
-        print(
-            f"baseline:  {base:,.0f} msg/s (psycopg: insert + INSERT ... ON CONFLICT DO NOTHING, commit each)"
-        )
-        print(f"ratio:     {ours / base:.2f}x of the baseline (target >= 0.60)")
-        p50, p99 = bench_latency(args.latency_messages, args.latency_rate, args.workers, env)
-        print(
-            f"latency:   commit-to-handler p50 {p50:.1f} ms, p99 {p99:.1f} ms "
-            f"({args.latency_messages} transactions at {args.latency_rate:.0f}/s; target p50 < 20 ms)"
-        )
+        if args.profile:
+            ours = bench_workers(args.messages, 1, env, profile=args.profile)
+            print(f"consumer:  {ours:,.0f} msg/s under py-spy; samples in {args.profile}")
+            return
+        if args.rss:
+            memory(args.rss, args.rss_seconds, env)
+            return
+        if "throughput" not in args.skip:
+            throughput(args, env)
+        if "io" not in args.skip:
+            io_bound(args, env)
+        if "latency" not in args.skip:
+            p50, p99 = bench_latency(args.latency_messages, args.latency_rate, args.workers, env)
+            print(
+                f"latency:   commit-to-handler p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+                f"({args.latency_messages} transactions at {args.latency_rate:.0f}/s, relay "
+                "running; target p50 < 10 ms, p99 < 50 ms)"
+            )
     finally:
         _cleanup(tag)
+
+
+def throughput(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """The one-row handler against both raw psycopg baselines, all three in this run."""
+    ours = bench_workers(args.messages, args.workers, env)
+    each = bench_baseline(args.messages, args.workers, per_transaction=1)
+    batched = bench_baseline(args.messages, 1, per_transaction=BATCHED)
+    print(
+        f"consumer:  {ours:,.0f} msg/s ({args.workers} worker process(es), "
+        f"{args.messages:,} messages, one-row handler)"
+    )
+    print(
+        f"baseline:  {each:,.0f} msg/s (psycopg, {args.workers} connection(s): insert + "
+        "INSERT ... ON CONFLICT DO NOTHING, commit each)"
+    )
+    print(
+        f"batched:   {batched:,.0f} msg/s (psycopg, one connection: the same two inserts, "
+        f"{BATCHED} per transaction, pipeline mode)"
+    )
+    print(
+        f"ratios:    {ours / each:.2f}x commit-each (target >= 1.5), "
+        f"{ours / batched:.2f}x batched (target >= 0.3)"
+    )
+
+
+def io_bound(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """A 10 ms handler on keyed messages: INBOX_CONCURRENCY 8 against 1, order checked."""
+    rates = {}
+    for concurrency in (1, 8):
+        rates[concurrency] = bench_io(
+            args.io_messages,
+            keys=args.io_keys,
+            env={**env, "INBOX_OUTBOX_INBOX_CONCURRENCY": str(concurrency)},
+        )
+    print(
+        f"io-bound:  {rates[8]:,.0f} msg/s at INBOX_CONCURRENCY 8, {rates[1]:,.0f} at 1 "
+        f"({args.io_messages:,} messages over {args.io_keys} keys, 10 ms handler, one worker; "
+        "per-key order verified)"
+    )
+    print(f"ratio:     {rates[8] / rates[1]:.2f}x concurrency 8 over 1 (target >= 5)")
+
+
+def memory(count: int, seconds: float, env: dict[str, str]) -> None:
+    """A worker's resident memory while it works through a backlog of ``count`` messages."""
+    from tests.testapp.models import Effect
+
+    _reset()
+    _fill(count, topic="bench.consume")
+    [proc] = _start_workers(1, env)
+    samples: list[tuple[float, int, int]] = []
+    started = time.monotonic()
+    try:
+        _wait_for(lambda: Effect.objects.exists(), timeout=120, what="the first effect")
+        while time.monotonic() - started < seconds:
+            samples.append((time.monotonic() - started, _rss_kib(proc.pid), Effect.objects.count()))
+            time.sleep(seconds / 20)
+    finally:
+        _stop([proc])
+    for at, rss, handled in samples:
+        print(f"rss:       {at:5.1f} s  {rss / 1024:6.1f} MiB  {handled:>7,} handled")
+    rss = [kib for _, kib, _ in samples]
+    print(
+        f"memory:    worker RSS {min(rss) / 1024:.1f}-{max(rss) / 1024:.1f} MiB over "
+        f"{samples[-1][2] - samples[0][2]:,} messages with {count:,} queued "
+        f"(first sample {rss[0] / 1024:.1f} MiB, last {rss[-1] / 1024:.1f} MiB)"
+    )
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+#: Messages per transaction of the batched baseline.
+BATCHED = 100
 
 
 def _reset() -> None:
@@ -130,42 +236,78 @@ def _wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-
         time.sleep(0.2)
 
 
-def bench_workers(count: int, workers: int, env: dict[str, str]) -> float:
+def _sample(pid: int, path: str) -> subprocess.Popen:
+    """py-spy sampling process ``pid`` (all threads, idle ones too: a wait is where time goes)."""
+    spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return subprocess.Popen(
+        [
+            *(spy, "record", "--pid", str(pid), "--idle", "--threads", "--rate", "250"),
+            *("--nonblocking", "--format", "raw", "--output", path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _fill(count: int, *, topic: str, keys: int = 0) -> None:
+    """Put ``count`` CloudEvents of ``topic`` in the service queue (not timed), and wait until
+    the queue holds them all. With ``keys``, message i has key ``k<i mod keys>`` and the next
+    sequence of that key, as the relay would publish them."""
     import amqp
     import kombu
-    from django.db.models import Max, Min
     from django.utils import timezone
 
     from inbox.consumer import service_queue
     from inbox_outbox.cloudevents import Outgoing, amqp_properties, encode
     from inbox_outbox.conf import broker_url, get_settings
-    from tests.testapp.models import Effect
 
-    _reset()
     conf = get_settings()
     with kombu.Connection(broker_url()) as conn:
         service_queue()(conn.default_channel).declare()
-    # Fill the queue before the workers start (not timed), then check it holds them all.
     now = timezone.now()
     conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest")
     conn.connect()
-    channel = conn.channel()
-    for i in range(count):
-        message = Outgoing(uuid.uuid4(), "bench.consume", None, None, f'{{"n":{i}}}', {}, now, None)
-        body = encode(message, source="bench")
-        channel.basic_publish(
-            amqp.Message(body, **amqp_properties(message, now=now)),
-            exchange=conf.exchange,
-            routing_key="bench.consume",
+    try:
+        channel = conn.channel()
+        for i in range(count):
+            key = f"k{i % keys}" if keys else None
+            message = Outgoing(
+                id=uuid.uuid4(),
+                topic=topic,
+                key=key,
+                sequence=i // keys + 1 if keys else None,
+                epoch=1 if keys else None,
+                voids=None,
+                payload_json=f'{{"n":{i}}}',
+                headers={},
+                created_at=now,
+                expires_at=None,
+            )
+            channel.basic_publish(
+                amqp.Message(encode(message, source="bench"), **amqp_properties(message, now=now)),
+                exchange=conf.exchange,
+                routing_key=topic,
+            )
+        _wait_for(
+            lambda: channel.queue_declare(conf.queue_name, passive=True).message_count >= count,
+            timeout=60 + count / 1000,
+            what="the queue to hold every message",
         )
-    _wait_for(
-        lambda: channel.queue_declare(conf.queue_name, passive=True).message_count >= count,
-        timeout=60,
-        what="the queue to hold every message",
-    )
-    conn.close()
+    finally:
+        conn.close()
 
+
+def bench_workers(
+    count: int, workers: int, env: dict[str, str], *, profile: str | None = None
+) -> float:
+    from django.db.models import Max, Min
+
+    from tests.testapp.models import Effect
+
+    _reset()
+    _fill(count, topic="bench.consume")
     procs = _start_workers(workers, env)
+    sampler = _sample(procs[0].pid, profile) if profile else None
     try:
         _wait_for(
             lambda: Effect.objects.count() >= count,
@@ -173,6 +315,9 @@ def bench_workers(count: int, workers: int, env: dict[str, str]) -> float:
             what=f"{count} effects",
         )
     finally:
+        if sampler is not None:
+            sampler.send_signal(signal.SIGINT)  # py-spy writes its samples when interrupted
+            sampler.wait(timeout=60)
         _stop(procs)
     span = Effect.objects.aggregate(first=Min("created_at"), last=Max("created_at"))
     assert Effect.objects.values("message_id").distinct().count() == count, (
@@ -181,26 +326,43 @@ def bench_workers(count: int, workers: int, env: dict[str, str]) -> float:
     return count / (span["last"] - span["first"]).total_seconds()
 
 
-def _baseline_worker(dsn: str, ids: list[str], barrier) -> None:  # type: ignore[no-untyped-def]
+#: The effect insert of the baselines (the other is the consumer's own inbox row statement).
+_BASE_EFFECT = (
+    "INSERT INTO testapp_effect (consumer, message_id, epoch, created_at)"
+    " VALUES ('base', %s, 0, now())"
+)
+
+
+def _inbox_params(message_id: str) -> list[object]:
+    """The parameters of ``inbox.sql.insert_row_unless_seen`` for a processed keyless row."""
+    row = ("base", message_id, "bench.consume", "bench", None, None, None, None)
+    return [*row, '{"n": 1}', "{}", None, "done", 1, None, True, None, "", ""]
+
+
+def _baseline_worker(dsn: str, ids: list[str], per_transaction: int, barrier) -> None:  # type: ignore[no-untyped-def]
     import psycopg
 
+    from inbox.sql import insert_row_unless_seen
+
+    inbox = insert_row_unless_seen("postgresql")
     with psycopg.connect(dsn) as conn:
         barrier.wait()
-        for message_id in ids:
-            with conn.transaction():
-                conn.execute(
-                    "INSERT INTO inbox_message (consumer, message_id, topic, payload, headers, status, attempts,"
-                    " received_at, processed_at, last_error, traceback) VALUES ('base', %s, 'bench.consume',"
-                    " '{}', '{}', 'done', 1, now(), now(), '', '') ON CONFLICT (consumer, message_id) DO NOTHING",
-                    [message_id],
-                )
-                conn.execute(
-                    "INSERT INTO testapp_effect (consumer, message_id, created_at) VALUES ('base', %s, now())",
-                    [message_id],
-                )
+        for start in range(0, len(ids), per_transaction):
+            chunk = ids[start : start + per_transaction]
+            if per_transaction == 1:
+                with conn.transaction():
+                    conn.execute(inbox, _inbox_params(chunk[0]))
+                    conn.execute(_BASE_EFFECT, chunk)
+                continue
+            with conn.pipeline(), conn.transaction(), conn.cursor() as cursor:
+                for message_id in chunk:
+                    cursor.execute(inbox, _inbox_params(message_id))
+                    cursor.execute(_BASE_EFFECT, [message_id])
 
 
-def bench_baseline(count: int, workers: int) -> float:
+def bench_baseline(count: int, workers: int, *, per_transaction: int) -> float:
+    """Raw psycopg doing the consumer's two inserts per message: ``workers`` connections,
+    ``per_transaction`` messages per commit (pipelined when more than one)."""
     from django.db import connection
 
     _reset()
@@ -210,7 +372,7 @@ def bench_baseline(count: int, workers: int) -> float:
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(workers + 1)
     procs = [
-        ctx.Process(target=_baseline_worker, args=(dsn, ids[i::workers], barrier))
+        ctx.Process(target=_baseline_worker, args=(dsn, ids[i::workers], per_transaction, barrier))
         for i in range(workers)
     ]
     for proc in procs:
@@ -219,7 +381,35 @@ def bench_baseline(count: int, workers: int) -> float:
     started = time.perf_counter()
     for proc in procs:
         proc.join()
-    return count / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    if any(proc.exitcode for proc in procs):
+        raise SystemExit("bench: a baseline process failed")
+    return count / elapsed
+
+
+def bench_io(count: int, *, keys: int, env: dict[str, str]) -> float:
+    """One worker handling ``count`` keyed messages of the 10 ms handler; messages per second
+    from the first to the last handler's row. Checks every key ran 1, 2, 3… in order."""
+    from django.db.models import Max, Min
+
+    from tests.testapp.models import Effect
+
+    _reset()
+    _fill(count, topic="bench.io", keys=keys)
+    procs = _start_workers(1, env)
+    rows = Effect.objects.filter(consumer="bench-io")
+    try:
+        _wait_for(lambda: rows.count() >= count, timeout=count / 50 + 120, what=f"{count} effects")
+    finally:
+        _stop(procs)
+    runs: dict[str, list[int]] = {}
+    for key, sequence in rows.order_by("id").values_list("key", "sequence"):
+        runs.setdefault(key, []).append(sequence)
+    for key, sequences in runs.items():
+        assert sequences == list(range(1, len(sequences) + 1)), f"key {key} ran out of order"
+    assert sum(map(len, runs.values())) == count, "an effect is missing or doubled"
+    span = rows.aggregate(first=Min("created_at"), last=Max("created_at"))
+    return count / (span["last"] - span["first"]).total_seconds()
 
 
 def bench_latency(
@@ -274,7 +464,13 @@ def _cleanup(tag: str) -> None:
     from inbox_outbox.conf import broker_url
 
     with kombu.Connection(broker_url()) as conn:
-        for delete in (lambda c: c.queue_delete(tag), lambda c: c.exchange_delete(f"{tag}.events")):
+        deletes = (
+            lambda c: c.queue_delete(tag),
+            lambda c: c.queue_delete(f"celery-{tag}"),  # the workers' own task queue
+            lambda c: c.exchange_delete(f"{tag}.events"),
+            lambda c: c.exchange_delete(f"celery-{tag}"),
+        )
+        for delete in deletes:
             with contextlib.suppress(conn.channel_errors):
                 delete(conn.channel())
 

@@ -10,6 +10,8 @@ from django.core import checks
 from django.db import router
 
 from inbox_outbox.checks import database_errors
+from inbox_outbox.conf import get_settings
+from inbox_outbox.exceptions import ConfigurationError
 
 from .models import InboxMessage, KeyProgress
 from .registry import registry
@@ -37,7 +39,30 @@ def check_handlers(
     ]
 
 
+def check_concurrency(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Lanes that can never all have work: the broker lets a worker hold ``PREFETCH_COUNT``
+    deliveries, shared by its ``INBOX_CONCURRENCY`` lanes."""
+    try:
+        conf = get_settings()
+    except ConfigurationError:  # reported by the settings check
+        return []
+    if conf.prefetch_count >= conf.inbox_concurrency:
+        return []
+    return [
+        checks.Warning(
+            f"INBOX_CONCURRENCY is {conf.inbox_concurrency} but PREFETCH_COUNT only "
+            f"{conf.prefetch_count}: at most {conf.prefetch_count} handler lanes can have work.",
+            hint="Raise PREFETCH_COUNT to at least INBOX_CONCURRENCY (each lane takes up to "
+            "PREFETCH_COUNT // INBOX_CONCURRENCY deliveries at once, at most INBOX_BATCH_SIZE).",
+            id="inbox_outbox.W003",
+        )
+    ]
+
+
 def register() -> None:
     # Not tagged "database": it reads only the vendor, so a plain `manage.py check` runs it.
     checks.register(check_database, checks.Tags.compatibility)
     checks.register(check_handlers)
+    checks.register(check_concurrency)

@@ -6,7 +6,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import kombu
@@ -90,7 +90,8 @@ class Receiver:
         with self._lock:
             batch, self.pending = self.pending, []
             if batch:
-                self.settle(batch, self.handle(batch))
+                outcomes = self.handle(batch)
+                self.settle(batch, outcomes, unsettled=[m.delivery_tag for m in self.pending])
 
     def halt(self) -> None:
         """Stop holding: a batch waiting for the database goes back to the broker now."""
@@ -179,21 +180,63 @@ class Receiver:
         )
         return not self._halt.wait(delay)
 
-    def settle(self, batch: list[kombu.Message], outcomes: list[Settle]) -> None:
+    def settle(
+        self,
+        batch: list[kombu.Message],
+        outcomes: list[Settle],
+        *,
+        unsettled: Collection[Any] = (),
+    ) -> None:
         """Tell the broker what became of each delivery of ``batch``; on the consuming thread.
 
         Acknowledged once durable; given back with ``basic.nack`` (requeue) when the database
         could not take it within the hold; rejected without requeue only when it could not be
-        stored at all.
+        stored at all. ``unsettled`` holds the delivery tags of every other delivery not yet
+        settled (a batch still in a lane's hands): see :func:`acknowledge`.
         """
+        durable = []
         for message, outcome in zip(batch, outcomes, strict=True):
             if outcome is Settle.ACK:
-                message.ack()
-                self.handled += 1
+                durable.append(message)
             elif outcome is Settle.REQUEUE:
                 requeue(message)
             else:
                 message.reject(requeue=False)
+        acknowledge(durable, unsettled=unsettled)
+        self.handled += len(durable)
+
+
+def acknowledge(messages: list[kombu.Message], *, unsettled: Collection[Any] = ()) -> None:
+    """Acknowledge ``messages``, most of them with one ``basic.ack`` (``multiple``).
+
+    ``basic.ack`` with ``multiple`` acknowledges every outstanding delivery of the channel up
+    to its tag, so it may only cover tags below every delivery not yet durable: those in
+    ``unsettled``, and this batch's others, settled (requeued or rejected) before this is
+    called. The messages below that floor, on one AMQP channel, go in one ``basic.ack``; the
+    rest (and transports without AMQP methods, such as kombu's in-memory one) one each.
+    """
+    comparable = all(isinstance(tag, int) for tag in unsettled)
+    floor = min(unsettled, default=None) if comparable else None
+    runs: dict[int, list[tuple[int, kombu.Message]]] = {}
+    for message in messages:
+        channel = getattr(message, "channel", None)
+        tag: Any = getattr(message, "delivery_tag", None)  # an int on AMQP
+        if (
+            comparable
+            and hasattr(channel, "send_method")
+            and isinstance(tag, int)
+            and (floor is None or tag < floor)
+        ):
+            runs.setdefault(id(channel), []).append((tag, message))
+        else:
+            message.ack()
+    for run in runs.values():
+        _, last = max(run, key=lambda tagged: tagged[0])
+        last.ack(multiple=len(run) > 1)
+        for _, message in run:
+            if message is not last:
+                state: Any = message  # kombu keeps the settled state in ``_state`` (untyped)
+                state._state = "ACK"  # as its own ack() records it
 
 
 def requeue(message: kombu.Message) -> None:

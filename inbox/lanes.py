@@ -8,7 +8,8 @@ thread reports the batch durable (a pipe wakes the loop: kombu channels belong t
 A stream (source, topic and ordering key) stays on one lane while any of its deliveries is
 unsettled, in arrival order, so a key is never handled on two threads at once; a stream with
 nothing outstanding goes to the least loaded lane, so other keys flow past a slow handler.
-``PREFETCH_COUNT`` bounds what all lanes hold together.
+``PREFETCH_COUNT`` bounds what all lanes hold together, and a lane takes at most its share of
+it at once (``Settings.inbox_lane_batch``), so memory stays flat however long the backlog.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import time
 from typing import Any
 
 import kombu
+
+from inbox_outbox.conf import get_settings
 
 from .consumer import Receiver, Settle
 
@@ -58,12 +61,12 @@ class _Lane:
         receiver = lanes.receiver
         try:
             while True:
-                batch = lanes.take(self, limit=receiver.batch_size, wait=None)
+                batch = lanes.take(self, limit=lanes.batch_size, wait=None)
                 if not batch:
                     return  # stopping
-                if receiver.delay and len(batch) < receiver.batch_size:
+                if receiver.delay and len(batch) < lanes.batch_size:
                     batch += lanes.take(
-                        self, limit=receiver.batch_size - len(batch), wait=receiver.delay
+                        self, limit=lanes.batch_size - len(batch), wait=receiver.delay
                     )
                 if lanes.stopping:  # neither handled nor acked: the broker delivers them again
                     return
@@ -84,6 +87,8 @@ class Lanes:
     def __init__(self, *, hub: Any, count: int, receiver: Receiver | None = None) -> None:
         self.hub = hub
         self.receiver = receiver or Receiver()
+        #: A lane's batch: its share of the prefetch at most (``Settings.inbox_lane_batch``).
+        self.batch_size = min(self.receiver.batch_size, get_settings().inbox_lane_batch)
         self.stopping = False
         self._cond = threading.Condition()
         self._unclaimed: collections.deque[tuple[bytes, kombu.Message]] = collections.deque()
@@ -165,13 +170,14 @@ class Lanes:
     def _settle_finished(self) -> None:
         while self._finished:
             batch, outcomes = self._finished.popleft()
-            self._unpin(batch)
+            unsettled = self._unpin(batch)
             try:
-                self.receiver.settle(batch, outcomes)
+                self.receiver.settle(batch, outcomes, unsettled=unsettled)
             except Exception as exc:  # the channel closed meanwhile: the broker redelivers
                 logger.warning("inbox: could not settle %d message(s): %s", len(batch), exc)
 
-    def _unpin(self, batch: list[kombu.Message]) -> None:
+    def _unpin(self, batch: list[kombu.Message]) -> list[Any]:
+        """Unpin ``batch``'s streams; return the delivery tags still unsettled in any lane."""
         with self._cond:
             for message in batch:
                 stream = self._routed.pop(message.delivery_tag, None)
@@ -180,6 +186,7 @@ class Lanes:
                     pin[1] -= 1
                     if not pin[1]:
                         del self._pins[stream]
+            return list(self._routed)
 
     def stop(self) -> None:
         """Stop the lanes: a batch in progress finishes and is settled; waiting deliveries are

@@ -77,15 +77,72 @@ def lock(alias: str, stream: Stream) -> Position:
     return Position(int(epoch), int(sequence))
 
 
-def lock_all(alias: str, streams: Iterable[Stream]) -> None:
+class Held:
+    """The progress of streams locked until commit by :func:`lock_all`, kept in memory.
+
+    A batch judges and settles its messages against it instead of asking the database again
+    for each one: the locks are held, so no other transaction moves these streams. What was
+    settled is written by :meth:`write`, one statement for the batch, before the commit.
+    """
+
+    def __init__(self, alias: str, positions: dict[Stream, Position]) -> None:
+        self.alias = alias
+        self._last = positions
+        self._settled: dict[Stream, Position] = {}
+
+    def last(self, stream: Stream) -> Position:
+        """The stream's last settled position (one locked by :func:`lock_all`)."""
+        return self._last[stream]
+
+    def settle(self, stream: Stream, position: Position) -> None:
+        """:func:`settle`, for a held stream: forward only, written by :meth:`write`."""
+        if position > self._last[stream]:
+            self._last[stream] = self._settled[stream] = position
+
+    def write(self) -> None:
+        """Write what was settled, inside the transaction that holds the locks: one statement
+        for every stream (:meth:`settle` let only forward moves through)."""
+        settled = sorted(self._settled.items())
+        with connections[self.alias].cursor() as cursor:
+            for start in range(0, len(settled), 500):  # 3,000 parameters a statement at most
+                chunk = settled[start : start + 500]
+                params: list[str | int] = []
+                for stream, position in chunk:
+                    params += [*_stream_params(stream), position.epoch, position.sequence]
+                cursor.execute(sql.set_progress_rows(len(chunk)), params)
+        self._settled.clear()
+
+
+def lock_all(alias: str, streams: Iterable[Stream]) -> Held:
     """Lock the progress rows of ``streams`` in one deterministic order (sorted), so that two
-    transactions locking overlapping streams never deadlock."""
+    transactions locking overlapping streams never deadlock; return their progress, held."""
     ordered = sorted(set(streams))
     if not ordered:
-        return
+        return Held(alias, {})
     params = [value for stream in ordered for value in _stream_params(stream)]
     with connections[alias].cursor() as cursor:
         cursor.execute(sql.lock_progress_rows(len(ordered)), params)
+        rows = cursor.fetchall()
+    return Held(
+        alias,
+        {
+            Stream(consumer, source, topic, key): Position(int(epoch), int(sequence))
+            for consumer, source, topic, key, epoch, sequence in rows
+        },
+    )
+
+
+def with_waiting(alias: str, streams: Iterable[Stream]) -> set[Stream]:
+    """Those of ``streams`` that have a waiting row: the only ones a drain can move."""
+    ordered = sorted(set(streams))
+    found: set[Stream] = set()
+    with connections[alias].cursor() as cursor:
+        for start in range(0, len(ordered), 500):  # 2,000 parameters a statement at most
+            chunk = ordered[start : start + 500]
+            params = [value for stream in chunk for value in _stream_params(stream)]
+            cursor.execute(sql.streams_with_waiting_rows(len(chunk)), params)
+            found.update(Stream(*row) for row in cursor.fetchall())
+    return found
 
 
 def settle(alias: str, stream: Stream, position: Position) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import logging
 import traceback as tb
 from dataclasses import dataclass
@@ -120,7 +121,31 @@ class NewRow:
 def _insert(alias: str, row: NewRow) -> bool:
     """Insert ``row`` unless (consumer, message id) exists; return whether it did."""
     connection = connections[alias]
-    params = [
+    with connection.cursor() as cursor:
+        cursor.execute(sql.insert_row_unless_seen(connection.vendor), _params(row))
+        return cursor.fetchone() is not None
+
+
+def _insert_all(alias: str, rows: list[NewRow]) -> set[tuple[str, str]]:
+    """Insert each of ``rows`` unless its (consumer, message id) exists, in one statement per
+    :data:`~inbox.sql.ROWS_PER_INSERT`; return the (consumer, message id) pairs inserted.
+
+    Sorted first, so that two batches sharing ids wait on the unique index in one order."""
+    connection = connections[alias]
+    ordered = sorted(rows, key=lambda row: (row.consumer, row.message_id))
+    inserted: set[tuple[str, str]] = set()
+    with connection.cursor() as cursor:
+        for start in range(0, len(ordered), sql.ROWS_PER_INSERT):
+            chunk = ordered[start : start + sql.ROWS_PER_INSERT]
+            params = [value for row in chunk for value in _params(row)]
+            cursor.execute(sql.insert_rows_unless_seen(connection.vendor, len(chunk)), params)
+            inserted.update((consumer, message_id) for consumer, message_id in cursor.fetchall())
+    return inserted
+
+
+def _params(row: NewRow) -> list[Any]:
+    """The parameters of ``row``'s insert, in :data:`inbox.sql.ROW_COLUMNS` order."""
+    return [
         row.consumer,
         row.message_id,
         row.topic,
@@ -140,9 +165,6 @@ def _insert(alias: str, row: NewRow) -> bool:
         row.error,
         row.trace,
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql.insert_row_unless_seen(connection.vendor), params)
-        return cursor.fetchone() is not None
 
 
 def stream_of(handler: Handler, env: Envelope) -> Stream | None:
@@ -347,17 +369,26 @@ _HELD = {
 
 
 def _handle_in_transaction(
-    alias: str, handler: Handler, env: Envelope, raw: bytes | None
+    alias: str,
+    handler: Handler,
+    env: Envelope,
+    raw: bytes | None,
+    inserted: bool | None = None,
+    held: ordering.Held | None = None,
 ) -> Outcome:
     """Record ``env`` for ``handler`` and run it, inside the caller's transaction.
 
-    A handler's exception propagates: the caller rolls back and records the failure.
+    A batch passes what it did already: ``inserted``, that it inserted a keyless message's
+    row (True) or found it there (False, a duplicate), and ``held``, its streams' progress
+    locked. None of either does it here. A handler's exception propagates: the caller rolls
+    back and records the failure.
     """
     consumer = handler.consumer
     stream = stream_of(handler, env)
+    settle = held.settle if held is not None else functools.partial(ordering.settle, alias)
     if stream is not None and env.order is not None:
         position = _position(env.order)
-        last = ordering.lock(alias, stream)
+        last = held.last(stream) if held is not None else ordering.lock(alias, stream)
         verdict = ordering.judge(last, position)
         if verdict in _HELD:
             status, outcome = _HELD[verdict]
@@ -367,13 +398,15 @@ def _handle_in_transaction(
         if env.voids is not None:
             if not _insert(alias, NewRow.of(env, consumer=consumer, status=Status.VOID)):
                 return Outcome.DUPLICATE
-            ordering.settle(alias, stream, position)
+            settle(stream, position)
             return Outcome.VOID
-    if not _insert(alias, NewRow.of(env, consumer=consumer, status=Status.DONE)):
+    if inserted is None:
+        inserted = _insert(alias, NewRow.of(env, consumer=consumer, status=Status.DONE))
+    if not inserted:
         return Outcome.DUPLICATE
     handler.func(_message(env, 1))
     if stream is not None and env.order is not None:
-        ordering.settle(alias, stream, _position(env.order))
+        settle(stream, _position(env.order))
     return Outcome.DONE
 
 
@@ -414,7 +447,7 @@ def process_batch(deliveries: list[Delivery], *, using: str | None = None) -> No
     try:
         with transaction.atomic(using=alias):
             # Two batches sharing keys lock them in one order, so they never deadlock.
-            ordering.lock_all(
+            held = ordering.lock_all(
                 alias,
                 (
                     stream
@@ -423,13 +456,29 @@ def process_batch(deliveries: list[Delivery], *, using: str | None = None) -> No
                     if (stream := stream_of(h, env)) is not None
                 ),
             )
+            # The keyless rows in one round trip; a row is inserted before its handler runs,
+            # in the handler's transaction, exactly as one at a time.
+            fresh = _insert_all(
+                alias,
+                [
+                    NewRow.of(env, consumer=h.consumer, status=Status.DONE)
+                    for _, env, handlers in parsed
+                    if env.order is None
+                    for h in handlers
+                ],
+            )
             for delivery, env, handlers in parsed:
                 raw = raw_bytes(delivery[0])
                 for handler in handlers:
-                    outcome = _handle_in_transaction(alias, handler, env, raw)
+                    inserted = None
+                    if env.order is None:  # the first of a pair given twice runs, once
+                        inserted = (handler.consumer, env.id) in fresh
+                        fresh.discard((handler.consumer, env.id))
+                    outcome = _handle_in_transaction(alias, handler, env, raw, inserted, held)
                     stream = stream_of(handler, env)
                     if outcome in _DRAIN_AFTER and stream is not None:
                         drains[stream] = handler
+            held.write()
     except Exception as exc:
         logger.debug(
             "inbox: batch of %d rolled back (%s); handling one at a time", len(parsed), exc
@@ -437,8 +486,9 @@ def process_batch(deliveries: list[Delivery], *, using: str | None = None) -> No
         for delivery, _, _ in parsed:
             process_delivery(*delivery, using=alias)
         return
-    for stream, handler in drains.items():
-        drain_stream(handler, stream, using=alias)
+    # One query says which streams have anything waiting; only those are drained.
+    for stream in sorted(ordering.with_waiting(alias, drains)):
+        drain_stream(drains[stream], stream, using=alias)
 
 
 def _record_failure(

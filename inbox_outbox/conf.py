@@ -96,6 +96,14 @@ class Settings:
     retention_days: float | None = None
 
     @property
+    def inbox_lane_batch(self) -> int:
+        """The most deliveries one lane takes at once: ``INBOX_BATCH_SIZE``, but no more than
+        the lanes' share of ``PREFETCH_COUNT``, so that every lane gets work from what the
+        broker lets the worker hold (at 100 prefetched and 8 lanes of 50, two lanes took it
+        all and six sat idle)."""
+        return max(1, min(self.inbox_batch_size, self.prefetch_count // self.inbox_concurrency))
+
+    @property
     def queue_name(self) -> str:
         """The service's queue: every worker of one service shares it (a consumer group)."""
         return f"{self.queue_prefix}{self.service}"

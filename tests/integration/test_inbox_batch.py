@@ -79,3 +79,77 @@ def test_keyed_messages_out_of_order_in_a_batch_are_handled_in_sequence(names):
     )
     assert effects() == ["k1", "k2", "k3"]
     assert not InboxMessage.objects.waiting().exists()
+
+
+def inbox_inserts(queries):
+    return [q["sql"] for q in queries if q["sql"].startswith("INSERT INTO inbox_message")]
+
+
+def test_the_keyless_rows_of_a_clean_batch_are_inserted_in_one_statement(names):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        process_batch([event({"n": i}, id=f"b{i}") for i in range(20)])
+    assert len(inbox_inserts(queries.captured_queries)) == 1
+    assert InboxMessage.objects.done().count() == 40  # two consumers of each message
+
+
+def test_a_batch_with_a_duplicate_a_rejected_member_and_a_failing_handler_settles_each_alone(
+    names, settings
+):
+    settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "INBOX_BACKOFF_BASE": 60}
+    process_batch([event({}, id="seen")])
+    process_batch(
+        [
+            event({}, id="first"),
+            event({}, id="seen"),  # processed by an earlier batch
+            (b"not json", {"message_id": "bad"}, {}),
+            event({"fail_times": 1}, id="flaky"),
+            event({}, id="twice"),
+            event({}, id="k1", key="k", sequence=1),
+            event({}, id="twice"),  # the same delivery again, in the same batch
+        ]
+    )
+    assert sorted(effects()) == ["first", "k1", "seen", "twice"]
+    assert sorted(effects("audit")) == ["first", "flaky", "k1", "seen", "twice"]
+    rows = {
+        (row.consumer.rsplit(":", 1)[-1], row.message_id): row.status
+        for row in InboxMessage.objects.all()
+    }
+    assert rows[("effect", "flaky")] == "failed" and rows[("audit", "flaky")] == "done"
+    assert rows[(names.service, "bad")] == "rejected"
+    assert [rows[("effect", m)] for m in ("first", "seen", "twice", "k1")] == ["done"] * 4
+    assert len(rows) == 11
+
+
+def test_a_bulk_insert_finding_a_row_already_there_runs_no_handler_for_it(names):
+    """The row came from another worker (its batch committed first): the handler is skipped."""
+    process_batch([event({}, id="taken")])
+    Effect.objects.all().delete()
+    process_batch([event({}, id="taken"), event({}, id="new")])
+    assert effects() == ["new"]
+
+
+def test_a_batch_locks_and_settles_each_stream_once_and_drains_none_when_nothing_waits(names):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    batch = [event({}, id=f"{key}{n}", key=key, sequence=n) for n in (1, 2, 3) for key in "ab"]
+    with CaptureQueriesContext(connection) as queries:
+        process_batch(batch)
+    statements = [q["sql"] for q in queries.captured_queries]
+    progress = [s for s in statements if "inbox_key_progress" in s]
+    # Two consumers (effect, audit) x two keys: one lock of all four, one write of all four.
+    assert len([s for s in progress if s.startswith("INSERT")]) == 1
+    assert len([s for s in progress if s.startswith("UPDATE")]) == 1
+    assert not [s for s in statements if "SKIP LOCKED" in s]  # no drain: nothing waits
+    assert effects() == ["a1", "b1", "a2", "b2", "a3", "b3"]
+
+
+def test_a_later_batch_drains_a_message_left_waiting_by_an_earlier_one(names):
+    process_batch([event({}, id="k2", key="k", sequence=2), event({}, id="other")])
+    assert InboxMessage.objects.waiting().count() == 2  # k2, for both consumers
+    process_batch([event({}, id="k1", key="k", sequence=1), event({}, id="another")])
+    assert effects() == ["other", "k1", "another", "k2"]  # k2 drained after the commit
+    assert not InboxMessage.objects.waiting().exists()

@@ -291,3 +291,29 @@ def test_a_quorum_queue_name_leaves_room_for_its_dead_letter_queue(settings):
     assert error.id == "inbox_outbox.E014" and ".dead-letter" in error.msg
     settings.INBOX_OUTBOX = {"SERVICE": "b", "QUEUE_PREFIX": "p" * 250}
     assert check_settings() == []
+
+
+@pytest.mark.parametrize(
+    ("prefetch", "concurrency", "batch", "lane_batch"),
+    [(100, 1, 50, 50), (100, 8, 50, 12), (100, 8, 5, 5), (4, 8, 50, 1), (1000, 4, 50, 50)],
+)
+def test_a_lane_takes_at_most_its_share_of_the_prefetch(
+    settings, prefetch, concurrency, batch, lane_batch
+):
+    settings.INBOX_OUTBOX = {
+        **settings.INBOX_OUTBOX,
+        "PREFETCH_COUNT": prefetch,
+        "INBOX_CONCURRENCY": concurrency,
+        "INBOX_BATCH_SIZE": batch,
+    }
+    assert get_settings().inbox_lane_batch == lane_batch
+
+
+def test_more_lanes_than_prefetched_deliveries_is_a_warning_that_says_what_to_raise(settings):
+    from inbox.checks import check_concurrency
+
+    settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "PREFETCH_COUNT": 4, "INBOX_CONCURRENCY": 8}
+    [warning] = check_concurrency()
+    assert warning.id == "inbox_outbox.W003" and "PREFETCH_COUNT" in warning.hint
+    settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "PREFETCH_COUNT": 8}
+    assert check_concurrency() == []
