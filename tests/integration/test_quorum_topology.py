@@ -420,7 +420,7 @@ def test_a_real_worker_holds_its_deliveries_through_a_database_outage_longer_tha
         assert depth(amqp_channel, dead) == 0
         assert b"holding" in worker.log_path.read_bytes()
         proxy.restore()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # the worker retries the database every <= 15 s
         effects = Effect.objects.filter(consumer="effect")
         while effects.count() < len(ids) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -80,9 +80,10 @@ def test_two_workers_handed_the_same_message_at_once_commit_it_once(
     )
     message_id = str(uuid.uuid4())
     for _ in range(2):
-        sender.event("test.effect", {"sleep": 3.0}, id=message_id)
-    # Both copies held at once, one per worker: the race really happens.
-    wait_until(lambda: unacknowledged(names.queue) == 2, timeout=10, message="two copies in flight")
+        sender.event("test.effect", {"sleep": 8.0}, id=message_id)
+    # Both copies held at once, one per worker: the race really happens. (The handler sleeps
+    # long enough for rabbitmqctl to see it on a loaded machine.)
+    wait_until(lambda: unacknowledged(names.queue) == 2, timeout=20, message="two copies in flight")
     wait_until(
         lambda: InboxMessage.objects.filter(message_id=message_id).count() == 2,
         timeout=30,
