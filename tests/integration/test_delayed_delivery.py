@@ -6,12 +6,11 @@ scheduled rows cost the claim nothing and never stall due ones."""
 import datetime as dt
 import json
 import math
-import threading
 import time
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -19,7 +18,7 @@ from outbox import PublishError, cancel, publish
 from outbox import operations as outbox_operations
 from outbox.models import OutboxMessage, Sequence
 from outbox.relay import Relay
-from tests.conftest import read_queue
+from tests.conftest import read_queue, wait_until
 from tests.integration.test_relay_claim import Records
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -229,31 +228,23 @@ def test_a_claim_promotes_at_most_a_thousand_due_scheduled_rows(names):
     assert OutboxMessage.objects.filter(status="sent").count() == 1500
 
 
-def test_an_idle_relay_wakes_for_a_scheduled_message_without_a_nudge(
-    names, bind_queue, broker_url, settings
+def test_an_idle_relay_process_wakes_for_a_scheduled_message_within_a_second(
+    names, bind_queue, broker_url, processes
 ):
-    settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "NUDGE": False, "RELAY_POLL_INTERVAL": 30}
+    """No nudge announces that a scheduled message fell due: an idle relay, polling only
+    every 30 s here, must wake for the due time itself."""
     queue = bind_queue("delay.#")
-    message = publish("delay.event", {}, delay=1.5)
-    stop = threading.Event()
-    relay = Relay()
-
-    def run() -> None:
-        try:
-            relay.run(stop)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline and _status(message) != "sent":
-            time.sleep(0.1)
-        assert _status(message) == "sent", "the relay slept through the due time"
-    finally:
-        stop.set()
-        thread.join(10)
+    with transaction.atomic():
+        message = publish("delay.event", {}, delay=8)
+    relay = processes.relay(INBOX_OUTBOX_NUDGE="false", INBOX_OUTBOX_RELAY_POLL_INTERVAL="30")
+    wait_until(
+        lambda: "running" in relay.log_path.read_text(), timeout=20, message="the relay to start"
+    )
+    time.sleep(1)  # it looks, finds nothing due, lingers, and goes idle
+    assert _status(message) == "scheduled", "the relay started too late for this test"
+    wait_until(lambda: _status(message) == "sent", timeout=12, message="the message to be sent")
+    late = _db_seconds("sent_at - available_at", message.id)
+    assert 0 <= late < 1, f"sent {late:.2f}s after its due time"
     assert [m.properties["message_id"] for m in read_queue(broker_url, queue)] == [str(message.id)]
 
 
