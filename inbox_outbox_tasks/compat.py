@@ -1,7 +1,17 @@
-"""Django's Tasks framework: ``django.tasks`` (Django 6.0+), else the ``django-tasks``
-backport package (Django 4.2 and 5.2), which has the same API under ``django_tasks``."""
+"""Django's Tasks framework, from ``django.tasks`` (Django 6.0+).
+
+The ``django-tasks`` backport (Django 4.2/5.2) is not supported yet. It has the same shape
+under ``django_tasks`` but differs where this backend depends on it: the finished state is
+``TaskResultStatus.SUCCEEDED`` (Django 6: ``SUCCESSFUL``); ``Task`` has an ``enqueue_on_commit``
+field, which for this backend must be refused or ignored (enqueueing is already part of the
+transaction; deferring it to ``on_commit`` is the dual write this backend exists to avoid);
+and older releases name the errors ``InvalidTaskError`` and ``ResultDoesNotExist`` and the
+handler ``tasks``. Supporting it means mapping those names here, and a test run on 5.2.
+"""
 
 from __future__ import annotations
+
+from django.core.exceptions import ImproperlyConfigured
 
 try:
     from django.tasks import Task, TaskResultStatus, task_backends
@@ -9,27 +19,11 @@ try:
     from django.tasks.base import TaskContext, TaskError, TaskResult
     from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
     from django.tasks.signals import task_enqueued, task_finished, task_started
-except ImportError:  # pragma: no cover - Django < 6 with the backport installed
-    from django_tasks import (  # type: ignore[no-redef]
-        Task,
-        TaskResultStatus,
-        task_backends,
-    )
-    from django_tasks.backends.base import BaseTaskBackend  # type: ignore[no-redef]
-    from django_tasks.base import (  # type: ignore[no-redef]
-        TaskContext,
-        TaskError,
-        TaskResult,
-    )
-    from django_tasks.exceptions import (  # type: ignore[no-redef]
-        InvalidTask,
-        TaskResultDoesNotExist,
-    )
-    from django_tasks.signals import (  # type: ignore[no-redef]
-        task_enqueued,
-        task_finished,
-        task_started,
-    )
+except ImportError as exc:  # pragma: no cover - Django < 6
+    raise ImproperlyConfigured(
+        "inbox_outbox_tasks needs Django 6.0 or later (django.tasks); the django-tasks "
+        "backport for Django 4.2/5.2 is not supported yet (see inbox_outbox_tasks/compat.py)."
+    ) from exc
 
 __all__ = [
     "BaseTaskBackend",
