@@ -192,3 +192,10 @@ def test_task_enqueued_fires_when_the_transaction_commits_not_before(names):
 def test_a_priority_is_refused_the_queue_has_none(names):
     with pytest.raises(InvalidTask, match="priority"):
         django_tasks.record.using(priority=10)
+
+
+def test_a_queue_name_that_cannot_be_a_topic_fails_the_system_check():
+    from inbox_outbox_tasks import OutboxTaskBackend
+
+    backend = OutboxTaskBackend("other", {"QUEUES": ["default", "no spaces please"]})
+    assert [e.id for e in backend.check()] == ["inbox_outbox_tasks.E001"]
