@@ -26,6 +26,7 @@ __all__ = [
     "OutboxConfigurationError",
     "OutboxError",
     "OutboxMessage",
+    "OutboxTask",
     "PayloadTooLarge",
     "PublishError",
     "Relay",
@@ -33,10 +34,12 @@ __all__ = [
     "StatementLost",
     "cancel",
     "publish",
+    "send_task",
 ]
 
 if TYPE_CHECKING:
     from .cancelling import cancel
+    from .celery_tasks import OutboxTask, send_task
     from .models import OutboxMessage
     from .publishing import publish
     from .relay import Relay
@@ -67,4 +70,8 @@ def __getattr__(name: str) -> Any:
         from .relay import Relay
 
         return Relay
+    if name in ("OutboxTask", "send_task"):
+        from . import celery_tasks
+
+        return getattr(celery_tasks, name)
     raise AttributeError(f"module 'outbox' has no attribute {name!r}")

@@ -11,8 +11,10 @@ import amqp
 import kombu
 import pytest
 from amqp import spec
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import OperationalError
+from django.urls import reverse
 
 from inbox import consumer, topology
 from inbox.consumer import QueueConsumer
@@ -254,8 +256,8 @@ def test_the_brokers_delivery_count_lands_in_the_inbox_row_and_the_message(
     assert {_row_message(row, 2).delivery_count for row in rows} == {1}
 
 
-def test_dead_letters_are_counted_by_inbox_status_and_moved_back_by_the_command(
-    quorum, broker_url, amqp_channel, capsys
+def test_dead_letters_are_counted_by_inbox_status_and_the_admin_and_moved_back_by_the_command(
+    quorum, broker_url, amqp_channel, capsys, client
 ):
     declare_topology(broker_url)
     dead = f"{quorum.queue}.dead-letter"
@@ -264,6 +266,10 @@ def test_dead_letters_are_counted_by_inbox_status_and_moved_back_by_the_command(
 
     call_command("inbox_status", "--json")
     assert json.loads(capsys.readouterr().out)["dead_letters"] == 1
+    User.objects.create_superuser("op", "op@example.com", "pw")
+    client.force_login(User.objects.get(username="op"))
+    page = client.get(reverse("admin:inbox_inboxmessage_changelist"))
+    assert "dead-letter queue: <strong>1</strong>" in page.text
 
     call_command("inbox_dead_letters", "--requeue")
     out = capsys.readouterr().out
