@@ -16,8 +16,11 @@ statement in the commit's round trip, and the row itself.
 backlog with 0, 1M and 10M ``sent`` rows in the table and with 100k blocked rows ahead of
 it (one key whose head is in backoff, and keyless rows in backoff), each claim beside
 one on a second database (``<name>_baseline``) that holds only the claimable backlog: the
-0-row baseline, interleaved claim by claim. It fills the table with ``INSERT … SELECT
-generate_series`` and TRUNCATEs it first: point ``DATABASE_URL`` at a database of its own.
+0-row baseline, interleaved claim by claim; and with 1M ``scheduled`` rows due in an hour
+ahead of it (half keyless, half keyed each under a key of its own that the claim's walk
+would visit first), which each claim's promotion step must skip. It fills the table with
+``INSERT … SELECT generate_series`` and TRUNCATEs it first: point ``DATABASE_URL`` at a
+database of its own. ``--sent '' --blocked 0`` leaves the empty and the scheduled cases.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ def main() -> None:
         help="--claim: sent-row counts to measure beside the empty table (comma-separated)",
     )
     parser.add_argument("--blocked", type=int, default=100_000, help="--claim: blocked rows")
+    parser.add_argument(
+        "--scheduled", type=int, default=1_000_000, help="--claim: scheduled rows (0: no case)"
+    )
     parser.add_argument("--rounds", type=int, default=300, help="--claim: claims timed per case")
     parser.add_argument(
         "--breakdown",
@@ -56,7 +62,9 @@ def main() -> None:
     args = parser.parse_args()
     django_setup()
     if args.claim:
-        bench_claim([int(n) for n in args.sent.split(",") if n], args.blocked, args.rounds)
+        bench_claim(
+            [int(n) for n in args.sent.split(",") if n], args.blocked, args.scheduled, args.rounds
+        )
         return
     if args.breakdown:
         breakdown(args.transactions)
@@ -384,6 +392,30 @@ def _fill_claimable(cursor, blocked: int) -> None:  # type: ignore[no-untyped-de
     )
 
 
+#: The scheduled rows' topic: it sorts before the claimable backlog's, so the walk over the
+#: keys would meet their keys first if scheduled rows were in its index.
+SCHEDULED_TOPIC = "bench.a-scheduled"
+
+
+def _fill_scheduled(cursor, count: int) -> None:  # type: ignore[no-untyped-def]
+    """``count`` scheduled rows due in an hour, older than the backlog: odd ones keyless,
+    even ones each under a key of their own."""
+    cursor.execute(f"DELETE FROM outbox_message WHERE topic = '{SCHEDULED_TOPIC}'")
+    if not count:
+        return
+    ago = "(now() - interval '2 hours' + g * interval '1 microsecond')"
+    due = "(now() + interval '1 hour' + g * interval '1 microsecond')"
+    keyed = "mod(g, 2) = 0"
+    cursor.execute(
+        f"INSERT INTO outbox_message ({_COLUMNS}) "
+        f"SELECT {_UUID7.format(ts=ago, n='g + 300000000')}, '{SCHEDULED_TOPIC}', "
+        f"CASE WHEN {keyed} THEN 's' || g END, CASE WHEN {keyed} THEN 1 END, "
+        f"CASE WHEN {keyed} THEN 1 END, '{{}}'::jsonb, '{{}}'::jsonb, 'scheduled', 0, {due}, "
+        f"'', {ago}, NULL, '' FROM generate_series(1, %s) g",
+        [count],
+    )
+
+
 def _claims(relay, alias: str) -> tuple[float, int]:  # type: ignore[no-untyped-def]
     """One claim of a batch on ``alias``, timed, then released (untimed): seconds, rows."""
     from outbox.models import OutboxMessage
@@ -393,6 +425,7 @@ def _claims(relay, alias: str) -> tuple[float, int]:  # type: ignore[no-untyped-
     elapsed = time.perf_counter() - started
     ids = [m.id for m in claimed.batch]
     assert not any(m.topic == "bench.blocked" for m in claimed.batch), "a blocked row"
+    assert not any(m.topic == SCHEDULED_TOPIC for m in claimed.batch), "a scheduled row"
     OutboxMessage.objects.using(alias).filter(id__any=ids).update(lease_owner="", lease_until=None)
     return elapsed, len(ids)
 
@@ -457,20 +490,23 @@ def _refill_baseline() -> None:
         cursor.execute("VACUUM ANALYZE outbox_message")
 
 
-def bench_claim(sent_levels: list[int], blocked: int, rounds: int) -> None:
+def bench_claim(sent_levels: list[int], blocked: int, scheduled: int, rounds: int) -> None:
     from django.db import connection
 
     _baseline_database()
     with connection.cursor() as cursor:
         cursor.execute("SET synchronous_commit = off")
         cursor.execute("TRUNCATE outbox_message, outbox_sequence")
-    cases: list[tuple[str, int, int]] = [("empty table (the baseline's twin)", 0, 0)]
+    # (label, sent rows, blocked rows, scheduled rows)
+    cases: list[tuple[str, int, int, int]] = [("empty table (the baseline's twin)", 0, 0, 0)]
     if blocked:
-        cases.append((f"{blocked:,} + {blocked:,} blocked ahead", 0, blocked))
-    cases += [(f"{n:,} sent rows", n, 0) for n in sent_levels]
+        cases.append((f"{blocked:,} + {blocked:,} blocked ahead", 0, blocked, 0))
+    if scheduled:
+        cases.append((f"{scheduled:,} scheduled ahead", 0, 0, scheduled))
+    cases += [(f"{n:,} sent rows", n, 0, 0) for n in sent_levels]
     if blocked and sent_levels:
         cases.append(
-            (f"{sent_levels[-1]:,} sent and {blocked:,} blocked", sent_levels[-1], blocked)
+            (f"{sent_levels[-1]:,} sent and {blocked:,} blocked", sent_levels[-1], blocked, 0)
         )
     filled = 0
     print(
@@ -478,7 +514,7 @@ def bench_claim(sent_levels: list[int], blocked: int, rounds: int) -> None:
         f"{CLAIM_KEYS} keys x {CLAIM_RUN}; median of {rounds} claims, each beside one on "
         "a database holding only that backlog (the 0-row baseline)"
     )
-    for label, sent, blocked_rows in cases:
+    for label, sent, blocked_rows, scheduled_rows in cases:
         with connection.cursor() as cursor:
             started = time.perf_counter()
             while filled < sent:  # in steps of a million: one statement's WAL stays small
@@ -486,6 +522,7 @@ def bench_claim(sent_levels: list[int], blocked: int, rounds: int) -> None:
                 _fill_sent(cursor, filled + 1, filled + step)
                 filled += step
             _fill_claimable(cursor, blocked_rows)
+            _fill_scheduled(cursor, scheduled_rows)
             cursor.execute("VACUUM ANALYZE outbox_message")
             fill = time.perf_counter() - started
         _refill_baseline()

@@ -2,7 +2,8 @@
 
 Call :func:`publish` inside the transaction that makes the business change; the
 relay (``manage.py outbox_relay`` or the ``outbox.relay`` Celery task) puts the
-message on the broker once that transaction has committed.
+message on the broker once that transaction has committed. With ``delay=`` or
+``deliver_at=`` it goes no earlier than that; :func:`cancel` withdraws a message not yet sent.
 """
 
 import warnings
@@ -31,11 +32,13 @@ __all__ = [
     "Relay",
     "ReplayRefused",
     "StatementLost",
+    "cancel",
     "publish",
     "send_task",
 ]
 
 if TYPE_CHECKING:
+    from .cancelling import cancel
     from .celery_tasks import OutboxTask, send_task
     from .models import OutboxMessage
     from .publishing import publish
@@ -48,6 +51,10 @@ def __getattr__(name: str) -> Any:
         from .publishing import publish
 
         return publish
+    if name == "cancel":
+        from .cancelling import cancel
+
+        return cancel
     if name in ("OutboxMessage", "Message"):
         from .models import OutboxMessage
 

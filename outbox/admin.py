@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
+from django.db.models.functions import Now
 from django.http import HttpRequest
 
 from inbox_outbox import adminkit
@@ -31,6 +33,35 @@ class TopicFilter(admin.SimpleListFilter):
         return queryset.filter(topic=self.value()) if self.value() else queryset
 
 
+class DueFilter(admin.SimpleListFilter):
+    """Scheduled messages by when they fall due, on the database's clock."""
+
+    title = "scheduled"
+    parameter_name = "due"
+
+    def lookups(
+        self, request: HttpRequest, model_admin: ModelAdmin[OutboxMessage]
+    ) -> list[tuple[str, str]]:
+        return [
+            ("overdue", "due, not yet promoted"),
+            ("hour", "due within an hour"),
+            ("later", "due later"),
+        ]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[OutboxMessage]
+    ) -> QuerySet[OutboxMessage]:
+        scheduled = queryset.filter(status=Status.SCHEDULED)
+        hour = Now() + dt.timedelta(hours=1)
+        if self.value() == "overdue":
+            return scheduled.filter(available_at__lte=Now())
+        if self.value() == "hour":
+            return scheduled.filter(available_at__gt=Now(), available_at__lte=hour)
+        if self.value() == "later":
+            return scheduled.filter(available_at__gt=hour)
+        return queryset
+
+
 @admin.register(OutboxMessage)
 class OutboxMessageAdmin(adminkit.MessageAdminBase[OutboxMessage]):
     actions = ("replay", "replay_anyway", "mark_dead", "purge")
@@ -44,8 +75,9 @@ class OutboxMessageAdmin(adminkit.MessageAdminBase[OutboxMessage]):
         "created_at",
         "sent_at",
         "available_at",
+        "due",
     )
-    list_filter = ("status", TopicFilter)
+    list_filter = ("status", DueFilter, TopicFilter)
     date_hierarchy = "created_at"
     search_fields = ("id", "key", "topic")
     status_enum = Status
@@ -71,6 +103,11 @@ class OutboxMessageAdmin(adminkit.MessageAdminBase[OutboxMessage]):
         "error",
     )
     readonly_fields = fields
+
+    @admin.display(description="due", ordering="available_at")
+    def due(self, message: OutboxMessage) -> dt.datetime | None:
+        """When a scheduled message falls due (its next attempt, until then)."""
+        return message.available_at if message.status == Status.SCHEDULED else None
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[OutboxMessage], search_term: str
@@ -113,7 +150,8 @@ class OutboxMessageAdmin(adminkit.MessageAdminBase[OutboxMessage]):
             "queued for publishing",
             outcome.done,
             outcome.skipped,
-            "that were still pending or are being sent right now",
+            "that were still pending or scheduled, are being sent right now, or were "
+            "cancelled (publish those again)",
         )
 
     @admin.action(description="Mark dead: stop trying to publish", permissions=["replay"])

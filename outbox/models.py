@@ -13,6 +13,8 @@ from inbox_outbox.lookups import AnyOf
 
 #: Statuses a relay may still pick up; the partial indexes below cover exactly these.
 UNSENT = ("pending", "failed")
+#: Not sent yet and still to be: the unsent ones and those waiting for their due time.
+OUTSTANDING = ("scheduled", *UNSENT)
 
 
 class Status(models.TextChoices):
@@ -21,6 +23,8 @@ class Status(models.TextChoices):
     SENT = "sent", "Sent"
     DEAD = "dead", "Dead"
     EXPIRED = "expired", "Expired"
+    SCHEDULED = "scheduled", "Scheduled (not due yet)"
+    CANCELLED = "cancelled", "Cancelled"
 
 
 class MessageQuerySet(models.QuerySet["OutboxMessage"]):
@@ -38,6 +42,9 @@ class MessageQuerySet(models.QuerySet["OutboxMessage"]):
 
     def dead(self) -> MessageQuerySet:
         return self.filter(status=Status.DEAD)
+
+    def scheduled(self) -> MessageQuerySet:
+        return self.filter(status=Status.SCHEDULED)
 
 
 class OutboxMessage(models.Model):
@@ -78,7 +85,11 @@ class OutboxMessage(models.Model):
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
-    available_at = models.DateTimeField("next attempt", default=timezone.now)
+    available_at = models.DateTimeField(
+        "next attempt",
+        default=timezone.now,
+        help_text="When the relay may send it next; for a scheduled message, its due time.",
+    )
     lease_owner = models.CharField(max_length=64, blank=True, default="")
     lease_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -121,6 +132,23 @@ class OutboxMessage(models.Model):
                 F("sequence"),
                 name="outbox_unsent_key_idx",
                 condition=models.Q(status__in=UNSENT) & models.Q(key__isnull=False),
+            ),
+            # The relay's promotion of scheduled rows that fell due, the earliest first, and
+            # outbox_status's next due time: the rows scheduled for later lie past the range.
+            models.Index(
+                fields=["available_at", "id"],
+                name="outbox_scheduled_due_idx",
+                condition=models.Q(status="scheduled"),
+            ),
+            # Whether a key has a scheduled message ahead of its head (the claim's walk asks
+            # it of each key it visits): one probe, however many rows are scheduled.
+            models.Index(
+                F("topic"),
+                F("key"),
+                Coalesce(F("epoch"), Value(0), output_field=models.BigIntegerField()),
+                F("sequence"),
+                name="outbox_scheduled_key_idx",
+                condition=models.Q(status="scheduled") & models.Q(key__isnull=False),
             ),
             # The admin's list, date hierarchy, filters and the purge by age.
             models.Index(fields=["created_at"], name="outbox_created_idx"),

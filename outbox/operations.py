@@ -16,15 +16,17 @@ from inbox_outbox.bulk import delete_in_batches
 from inbox_outbox.conf import get_settings
 from inbox_outbox.operations import OperationResult
 
-from . import sql, voids
+from . import scheduling, sql, voids
 from .exceptions import ReplayRefused
-from .models import UNSENT, OutboxMessage, Sequence, Status
+from .models import OUTSTANDING, OutboxMessage, Sequence, Status
 
 #: The statuses each operation applies to; rows in other statuses are skipped and counted.
+#: A cancelled message is never replayed: its producer withdrew it (and a keyed one's
+#: position was announced void, so consumers would keep it stale); publish it again instead.
 REPLAYABLE = (Status.SENT, Status.FAILED, Status.DEAD, Status.EXPIRED)
-KILLABLE = (Status.PENDING, Status.FAILED)
+KILLABLE = (Status.SCHEDULED, Status.PENDING, Status.FAILED)
 #: What a purge deletes unless told otherwise: never a message that may still be sent.
-PURGEABLE = (Status.SENT, Status.EXPIRED)
+PURGEABLE = (Status.SENT, Status.EXPIRED, Status.CANCELLED)
 PURGE_BATCH = 1000
 
 
@@ -112,17 +114,26 @@ def mark_dead(
     if dry_run:
         return OperationResult(applicable.count(), total - applicable.count())
     alias = router.db_for_write(OutboxMessage)
-    with transaction.atomic(using=alias):
-        # Locking re-checks status and lease on the latest row version: a relay that
-        # leased a row meanwhile keeps it.
-        ids = list(applicable.using(alias).select_for_update().values_list("id", flat=True))
-        done = (
-            OutboxMessage.objects.using(alias)
-            .filter(id__in=ids)
-            .update(status=Status.DEAD, lease_owner="", lease_until=None, last_error=reason)
-        )
-        voids.announce(ids, using=alias)
+    done = withdraw(applicable, status=Status.DEAD, reason=reason, using=alias)
     return OperationResult(done, total - done)
+
+
+def withdraw(rows: QuerySet[OutboxMessage], *, status: str, reason: str, using: str) -> int:
+    """End ``rows`` (unsent, not leased: the caller's selection) as ``status`` without a
+    send, and announce the keyed ones void in the same transaction: the one path for an
+    operator's mark-dead and a producer's ``outbox.cancel()``. Returns how many.
+
+    Locking re-checks status and lease on the latest row version: a row a relay promoted or
+    leased meanwhile keeps going."""
+    with transaction.atomic(using=using):
+        ids = list(rows.using(using).select_for_update().values_list("id", flat=True))
+        done = (
+            OutboxMessage.objects.using(using)
+            .filter(id__in=ids)
+            .update(status=status, lease_owner="", lease_until=None, last_error=reason)
+        )
+        voids.announce(ids, using=using)
+    return done
 
 
 def purge(
@@ -169,7 +180,7 @@ def purge_idle_sequences(
     """
     alias = using or router.db_for_write(Sequence)
     unsent = OutboxMessage.objects.using(alias).filter(
-        topic=OuterRef("topic"), key=OuterRef("key"), status__in=UNSENT
+        topic=OuterRef("topic"), key=OuterRef("key"), status__in=OUTSTANDING
     )
     purged = 0
     while True:
@@ -205,8 +216,12 @@ def new_epoch(*, using: str | None = None) -> int:
 
 
 def status() -> dict[str, Any]:
-    """Counts per status and per topic, the oldest unsent message's age, recent failures."""
+    """Counts per status and per topic, the oldest unsent message's age, recent failures;
+    scheduled messages already due (the relay promotes them as it claims: a number that
+    stays up means no relay is running) and the seconds until the next one falls due, on
+    the database's clock."""
     now = timezone.now()
+    alias = router.db_for_read(OutboxMessage)
     counts = dict(OutboxMessage.objects.order_by().values_list("status").annotate(n=Count("id")))
     topics: dict[str, dict[str, int]] = {}
     for topic, state, n in (
@@ -222,5 +237,11 @@ def status() -> dict[str, Any]:
         "counts": {s: counts.get(s, 0) for s in Status.values},
         "oldest_unsent_age_seconds": round((now - oldest).total_seconds(), 1) if oldest else None,
         "failures_last_hour": recent.count(),
+        "scheduled_due": OutboxMessage.objects.scheduled().filter(available_at__lte=Now()).count(),
+        "next_scheduled_in_seconds": _rounded(scheduling.seconds_to_next_due(using=alias)),
         "topics": topics,
     }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)

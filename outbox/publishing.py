@@ -40,6 +40,8 @@ def publish(
     headers: dict[str, Any] | None = None,
     dedup_key: str | None = None,
     ttl: dt.timedelta | float | None = None,
+    delay: dt.timedelta | float | None = None,
+    deliver_at: dt.datetime | None = None,
     using: str | None = None,
 ) -> OutboxMessage:
     """Record a message to publish once the surrounding transaction commits.
@@ -49,6 +51,13 @@ def publish(
     the caller rolls back, nothing is published. Messages sharing ``key`` within a
     topic are delivered in commit order. With ``dedup_key``, publishing the same
     business event twice returns the first message and writes nothing.
+
+    With ``delay`` (seconds or a timedelta, from the database's clock when the row is
+    written) or ``deliver_at`` (an aware datetime), the message is ``scheduled``: the relay
+    sends it no earlier than that, on the database's clock, and ``outbox.cancel()`` can
+    withdraw it until then. A ``ttl`` counts from the due time. A delayed keyed message
+    takes its sequence now and holds its key back until it is sent: later messages of the
+    key wait for it.
     """
     conf = get_settings()
     topic = validation.topic(topic)
@@ -56,6 +65,7 @@ def publish(
     dedup_key = validation.text("dedup_key", dedup_key)
     headers = validation.headers(headers)
     ttl_seconds = validation.ttl_seconds(ttl)
+    due = validation.due(delay, deliver_at, ttl_seconds)
     alias = using or router.db_for_write(OutboxMessage)
     connection = connections[alias]
     if conf.require_atomic and not connection.in_atomic_block:
@@ -86,6 +96,7 @@ def publish(
         dedup_key=dedup_key,
         created_at=now,
         ttl_seconds=ttl_seconds,
+        due=due,
     )
     if dedup_key is not None:
         return _insert_once(connection, alias, new)
@@ -110,13 +121,43 @@ class NewMessage:
     created_at: dt.datetime
     #: The TTL; the database adds it to its own clock, as it sets ``available_at``.
     ttl_seconds: float | None
+    #: When a delayed message falls due; ``None`` for one due now.
+    due: validation.Due | None = None
+
+    @property
+    def available_at(self) -> dt.datetime:
+        """The due time as this host estimates it (the stored one is on the database's
+        clock, unless given as an instant)."""
+        if self.due is None:
+            return self.created_at
+        if self.due.at is not None:
+            return self.due.at
+        return self.created_at + dt.timedelta(seconds=self.due.seconds or 0)
 
     @property
     def expires_at(self) -> dt.datetime | None:
-        """The expiry as this host estimates it (the stored one is on the database's clock)."""
+        """The expiry as this host estimates it (the stored one is on the database's clock):
+        the TTL after the due time."""
         if self.ttl_seconds is None:
             return None
-        return self.created_at + dt.timedelta(seconds=self.ttl_seconds)
+        return self.available_at + dt.timedelta(seconds=self.ttl_seconds)
+
+    def due_values(self, ops: Any) -> tuple[str | None, Any, Any]:
+        """How the insert gives the due time and the expiry (``sql.insert_message``'s
+        ``due``), and their parameters."""
+        ttl = self.ttl_seconds
+        if self.due is None:
+            return None, None, ttl
+        if self.due.at is not None:
+            expires = self.due.expires_at
+            return (
+                sql.AT,
+                ops.adapt_datetimefield_value(self.due.at),
+                None if expires is None else ops.adapt_datetimefield_value(expires),
+            )
+        seconds = self.due.seconds
+        assert seconds is not None
+        return sql.DELAY, seconds, None if ttl is None else seconds + ttl
 
 
 def _insert_once(connection: Any, alias: str, new: NewMessage) -> OutboxMessage:
@@ -145,6 +186,7 @@ def _insert(connection: Any, alias: str, new: NewMessage) -> OutboxMessage:
         epoch, sequence = _next_sequence(session, vendor, new.topic, new.key)
     message_id = uuid7()
     now_db = ops.adapt_datetimefield_value(new.created_at)
+    due, available_at, expires_at = new.due_values(ops)
     notify = vendor == "postgresql" and _nudge_due(connection)
     row = {
         "id": message_id if connection.features.has_native_uuid_field else message_id.hex,
@@ -155,11 +197,12 @@ def _insert(connection: Any, alias: str, new: NewMessage) -> OutboxMessage:
         "payload": new.payload_json,
         "headers": new.headers_json,
         "dedup_key": new.dedup_key,
+        "available_at": available_at,
         "created_at": now_db,
-        "expires_at": new.ttl_seconds,
+        "expires_at": expires_at,
     }
     absent = frozenset(c for c in sql.ABSENT_VALUES if row[c] is None)
-    statement = sql.insert_message(vendor, notify=notify, absent=absent)
+    statement = sql.insert_message(vendor, notify=notify, absent=absent, due=due)
     values = [v for c, v in row.items() if c not in absent]
     if new.dedup_key is None:
         session.insert(statement, values)
@@ -179,7 +222,8 @@ def _insert(connection: Any, alias: str, new: NewMessage) -> OutboxMessage:
         payload=new.payload,
         headers=new.headers,
         dedup_key=new.dedup_key,
-        available_at=new.created_at,
+        status=Status.PENDING if new.due is None else Status.SCHEDULED,
+        available_at=new.available_at,
         created_at=new.created_at,
         expires_at=new.expires_at,
     )
@@ -193,7 +237,6 @@ def _instance(alias: str, **values: Any) -> OutboxMessage:
     """
     message = OutboxMessage.__new__(OutboxMessage)
     message.__dict__.update(
-        status=Status.PENDING,
         attempts=0,
         lease_owner="",
         lease_until=None,

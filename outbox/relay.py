@@ -40,7 +40,7 @@ from inbox_outbox.backoff import backoff_seconds
 from inbox_outbox.cloudevents import Outgoing
 from inbox_outbox.conf import broker_url, get_settings
 
-from . import sql, voids
+from . import scheduling, sql, voids
 from .exceptions import BrokerUnavailable
 from .lease import LeaseKeeper
 from .listening import open_listener
@@ -288,6 +288,7 @@ class Relay:
         lease = get_settings().relay_lease_seconds
         vendor = connections[self.using].vendor
         with transaction.atomic(using=self.using):
+            self._promote()
             runs = self._walk(self.batch_size)
             keyed = sum(run.n for run in runs)
             self._turn ^= 1  # with an odd batch, the odd row goes to each side in turn
@@ -314,6 +315,13 @@ class Relay:
             self._messages(held).update(lease_owner="", lease_until=None)
             batch = [m for m in batch if m.id not in held]
         return Claimed(batch=batch, expired=claimed.expired, broken=claimed.broken)
+
+    def _promote(self) -> int:
+        """Make due scheduled rows pending in the claim's transaction, at most
+        ``sql.PROMOTE_STEP`` (``outbox.scheduling``): the claim then takes them at once."""
+        promoted = scheduling.promote_due(using=self.using)
+        self.stats["promoted"] += promoted
+        return promoted
 
     def _lease(self, statement: str, params: list[Any]) -> list[uuid.UUID]:
         with connections[self.using].cursor() as cursor:
@@ -538,10 +546,22 @@ class Relay:
                     lingered = True
                     listener = self._wait(listener, 2 * conf.nudge_interval, stop)
                 else:
-                    listener = self._wait(listener, conf.relay_poll_interval, stop)
+                    listener = self._wait(listener, self._idle_wait(), stop)
         finally:
             _close(listener)
             self.close()
+
+    def _idle_wait(self) -> float:
+        """How long an idle relay waits: the poll interval, or less when a scheduled message
+        falls due sooner (no nudge announces that)."""
+        poll = get_settings().relay_poll_interval
+        try:
+            due_in = scheduling.seconds_to_next_due(using=self.using)
+        except DatabaseError:  # the next claim meets it again and backs off
+            return poll
+        if due_in is None:
+            return poll
+        return min(poll, max(due_in, 0.01))
 
     def _listen(self) -> Listener | None:
         listener: Listener | None = open_listener(connections[self.using])

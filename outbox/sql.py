@@ -25,9 +25,8 @@ INSERT_VALUES = {
     "dedup_key": "%s",
     "status": "'pending'",
     "attempts": "0",
-    # Due now on the database's clock: the relay compares it with its now(), never with
-    # the publishing host's clock.
-    "available_at": "CURRENT_TIMESTAMP",
+    # A delayed message's due time; see insert_message().
+    "available_at": "%s",
     "lease_owner": "''",
     "created_at": "%s",
     "expires_at": "%s",  # a TTL in seconds; the vendor's expression makes it a time
@@ -42,6 +41,9 @@ ABSENT_VALUES = {
     "epoch": "NULL",
     "headers": "'{}'",
     "dedup_key": "NULL",
+    # Due now on the database's clock: the relay compares it with its now(), never with
+    # the publishing host's clock.
+    "available_at": "CURRENT_TIMESTAMP",
     "expires_at": "NULL",
 }
 
@@ -51,18 +53,40 @@ _IN_SECONDS = {
     "postgresql": "now() + make_interval(secs => %s)",
     "sqlite": "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', '+' || %s || ' seconds')",
 }
+#: The same from the statement's time rather than the transaction's start (PostgreSQL's
+#: now()), so that a delay counts from publish() however long the transaction ran before.
+_FROM_STATEMENT = {
+    "postgresql": "clock_timestamp() + make_interval(secs => %s)",
+    "sqlite": _IN_SECONDS["sqlite"],
+}
+
+#: How a delayed message's due time is given: seconds from the database's clock, or an instant.
+DELAY, AT = "delay", "at"
 
 
 @functools.cache
-def insert_message(vendor: str, *, notify: bool, absent: frozenset[str] = frozenset()) -> str:
+def insert_message(
+    vendor: str, *, notify: bool, absent: frozenset[str] = frozenset(), due: str | None = None
+) -> str:
     """``INSERT`` one outbox row, with the columns in ``absent`` left at their literal; on
-    PostgreSQL with ``notify``, the relay's ``NOTIFY`` in the same round trip."""
+    PostgreSQL with ``notify``, the relay's ``NOTIFY`` in the same round trip.
+
+    A message due now (``due`` None, ``available_at`` absent) is ``pending`` and its
+    ``expires_at`` parameter is a TTL in seconds from the database's clock. A delayed one is
+    ``scheduled``: with ``due=DELAY`` both ``available_at`` and ``expires_at`` are seconds
+    from the database's clock (the delay, and the delay plus the TTL: a TTL counts from the
+    due time); with ``due=AT`` both are instants."""
+    assert (due is None) == ("available_at" in absent), "a due time exactly when delayed"
     values = {
         column: ABSENT_VALUES[column] if column in absent else sql
         for column, sql in INSERT_VALUES.items()
     }
-    if "expires_at" not in absent:
-        values["expires_at"] = _IN_SECONDS[vendor]
+    if due is not None:
+        values["status"] = "'scheduled'"
+    if due == DELAY:
+        values["available_at"] = _FROM_STATEMENT[vendor]
+    if "expires_at" not in absent and due != AT:
+        values["expires_at"] = _FROM_STATEMENT[vendor] if due == DELAY else _IN_SECONDS[vendor]
     if vendor == "postgresql":
         values["payload"] = "%s::jsonb"
         if "headers" not in absent:
@@ -194,6 +218,14 @@ def key_runs(vendor: str) -> str:
         f"AND {_claimable('m', vendor)}"
         ") s WHERE s.sequence = h.sequence + s.rn - 1"
     )
+    # A key with a scheduled message ahead of its head is held back whole until that one is
+    # due and sent (a delayed keyed message keeps its place): one probe of
+    # outbox_scheduled_key_idx per key visited.
+    scheduled_ahead = (
+        f"SELECT 1 FROM {TABLE} s WHERE s.status = 'scheduled' AND s.key IS NOT NULL "
+        "AND s.topic = h.topic AND s.key = h.key "
+        f"AND ({EPOCH.format(t='s')}, s.sequence) < ({EPOCH.format(t='h')}, h.sequence)"
+    )
     return (
         "WITH RECURSIVE walk (depth, topic, key, epoch, head, run, before, "
         "lim, budget, bounded, stop_topic, stop_key) AS ("
@@ -202,7 +234,8 @@ def key_runs(vendor: str) -> str:
         "CAST(%s AS BIGINT), CAST(%s AS INTEGER), "
         "CAST(%s AS INTEGER), CAST(%s AS VARCHAR(255)), CAST(%s AS VARCHAR(255)) "
         "UNION ALL "
-        f"SELECT w.depth + 1, h.topic, h.key, {EPOCH.format(t='h')}, h.sequence, ({run}), "
+        f"SELECT w.depth + 1, h.topic, h.key, {EPOCH.format(t='h')}, h.sequence, "
+        f"CASE WHEN EXISTS ({scheduled_ahead}) THEN 0 ELSE ({run}) END, "
         "w.before + w.run, w.lim, w.budget, w.bounded, w.stop_topic, w.stop_key "
         f"FROM walk w JOIN {TABLE} h ON h.id = ({next_head}) "
         "WHERE w.depth < w.budget AND w.before + w.run < w.lim"
@@ -249,3 +282,43 @@ def claim_keyless(vendor: str) -> str:
         f"UPDATE {TABLE} SET lease_owner = %s, lease_until = {_LEASE_UNTIL[vendor]} "
         "WHERE id IN (SELECT id FROM due) RETURNING id"
     )
+
+
+# -- delayed messages ----------------------------------------------------------------------
+#: The most scheduled rows one claim promotes: a claim stays bounded however many fall due at
+#: once; the rest are promoted by the next claims, the earliest due first.
+PROMOTE_STEP = 1000
+
+
+@functools.cache
+def promote_due(vendor: str) -> str:
+    """Make up to %s scheduled rows that are due on the database's clock ``pending``, the
+    earliest due first, skipping rows another transaction holds (a cancel, another relay's
+    promotion). Served by ``outbox_scheduled_due_idx``: the rows scheduled for later are
+    never read. Their due time stays their ``available_at``, so the claim takes them in due
+    order."""
+    return (
+        f"UPDATE {TABLE} SET status = 'pending' WHERE id IN ("
+        f"SELECT m.id FROM {TABLE} m WHERE m.status = 'scheduled' "
+        f"AND m.available_at <= {_NOW[vendor]} ORDER BY m.available_at, m.id LIMIT %s "
+        f"{_SKIP_LOCKED[vendor]})"
+    )
+
+
+#: Seconds from the database's clock to the earliest scheduled row's due time (negative when
+#: one is overdue), NULL when none is scheduled; one descent of outbox_scheduled_due_idx.
+_SECONDS_TO_NEXT_DUE = {
+    "postgresql": (
+        f"SELECT extract(epoch from (min(available_at) - now()))::float8 FROM {TABLE} "
+        "WHERE status = 'scheduled'"
+    ),
+    "sqlite": (
+        f"SELECT (julianday(min(available_at)) - julianday('now')) * 86400.0 FROM {TABLE} "
+        "WHERE status = 'scheduled'"
+    ),
+}
+
+
+def seconds_to_next_due(vendor: str) -> str:
+    """See :data:`_SECONDS_TO_NEXT_DUE`."""
+    return _SECONDS_TO_NEXT_DUE[vendor]

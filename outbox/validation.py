@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -85,18 +86,7 @@ def ttl_seconds(ttl: object) -> float | None:
     longer per-message expiration with a channel error)."""
     if ttl is None:
         return None
-    if isinstance(ttl, dt.timedelta):
-        seconds = ttl.total_seconds()
-    elif isinstance(ttl, int | float) and not isinstance(ttl, bool):
-        try:
-            seconds = float(ttl)
-        except OverflowError:
-            seconds = math.inf
-    else:
-        raise PublishError(
-            f"ttl must be a timedelta or a number of seconds, got {type(ttl).__name__} "
-            f"{_shown(ttl)}."
-        )
+    seconds = _seconds("ttl", ttl)
     if math.isnan(seconds) or seconds <= 0:
         raise PublishError(f"ttl must be positive, got {_shown(ttl)}.")
     if seconds > limits.MAX_TTL_SECONDS:
@@ -105,6 +95,86 @@ def ttl_seconds(ttl: object) -> float | None:
             f"refuses a longer message expiration), got {_shown(ttl)}."
         )
     return seconds
+
+
+#: The longest delay ``publish()`` accepts: ten years, as for a TTL (a message due later is
+#: more likely a unit mistake than a plan).
+MAX_DELAY_SECONDS = limits.MAX_TTL_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """When a delayed message falls due: ``seconds`` after the database's clock at the
+    insert, or at the instant ``at``. Exactly one is set."""
+
+    seconds: float | None = None
+    at: dt.datetime | None = None
+    #: With ``at`` and a TTL, the expiry: the TTL after ``at``.
+    expires_at: dt.datetime | None = None
+
+
+def due(delay: object, deliver_at: object, ttl_seconds: float | None) -> Due | None:
+    """``publish()``'s ``delay`` / ``deliver_at``: ``None`` for a message due now.
+
+    ``delay`` is a timedelta or a number of seconds, finite, at least 0 and at most ten
+    years (0 means now); ``deliver_at`` an aware datetime (one in the past means now). Not
+    both."""
+    if delay is not None and deliver_at is not None:
+        raise PublishError(
+            "Pass delay or deliver_at, not both: delay counts from now on the database's "
+            "clock, deliver_at is an instant."
+        )
+    if deliver_at is not None:
+        if not isinstance(deliver_at, dt.datetime):
+            raise PublishError(
+                f"deliver_at must be a datetime, got {type(deliver_at).__name__} "
+                f"{_shown(deliver_at)}."
+            )
+        if deliver_at.tzinfo is None or deliver_at.utcoffset() is None:
+            raise PublishError(
+                f"deliver_at must be an aware datetime (with a time zone), got the naive "
+                f"{_shown(deliver_at)}: a naive time means a different instant on each host. "
+                "Use django.utils.timezone.now() + timedelta(...), or a datetime with tzinfo."
+            )
+        expires = None if ttl_seconds is None else _expiry_after(deliver_at, ttl_seconds)
+        return Due(at=deliver_at, expires_at=expires)
+    if delay is None:
+        return None
+    seconds = _seconds("delay", delay)
+    if math.isnan(seconds) or seconds < 0:
+        raise PublishError(f"delay must be at least 0 seconds, got {_shown(delay)}.")
+    if seconds > MAX_DELAY_SECONDS:
+        raise PublishError(
+            f"delay must be at most {MAX_DELAY_SECONDS} seconds (ten years), got {_shown(delay)}."
+        )
+    return Due(seconds=seconds) if seconds > 0 else None
+
+
+def _expiry_after(at: dt.datetime, ttl_seconds: float) -> dt.datetime:
+    """The expiry of a message due at the instant ``at`` with a TTL: counted from the due
+    time, not from publishing."""
+    try:
+        return at + dt.timedelta(seconds=ttl_seconds)
+    except OverflowError:
+        raise PublishError(
+            f"deliver_at {_shown(at)} plus the ttl of {ttl_seconds:g} seconds is past the "
+            "last datetime Python can hold."
+        ) from None
+
+
+def _seconds(name: str, value: object) -> float:
+    """A timedelta or a number of seconds, as float seconds (inf when too large)."""
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf
+    raise PublishError(
+        f"{name} must be a timedelta or a number of seconds, got {type(value).__name__} "
+        f"{_shown(value)}."
+    )
 
 
 def usable_transaction(connection: Any, alias: str) -> None:

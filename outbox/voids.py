@@ -1,6 +1,6 @@
 """Void announcements: telling consumers that a keyed message's position will never arrive.
 
-A keyed message that ends ``dead`` or ``expired`` without having been confirmed leaves a gap
+A keyed message that ends ``dead``, ``expired`` or ``cancelled`` without having been confirmed leaves a gap
 in its stream that every consumer would otherwise wait out (``ORDER_WAIT_SECONDS``). In the
 same transaction as that status change, an announcement row takes its place in the outbox: it
 carries the same (topic, key, epoch, sequence) and ``voids`` = the message's id, and the relay
@@ -21,8 +21,9 @@ from .models import OutboxMessage, Status
 
 
 def announce(ids: Iterable[uuid.UUID], *, using: str) -> int:
-    """Queue a void announcement for each keyed message among ``ids`` (just made dead or
-    expired, unsent); return how many. Call it inside the transaction that changed them."""
+    """Queue a void announcement for each keyed message among ``ids`` (just made dead,
+    expired or cancelled, unsent); return how many. Call it inside the transaction that
+    changed them."""
     gone = (
         OutboxMessage.objects.using(using)
         .filter(
@@ -31,7 +32,7 @@ def announce(ids: Iterable[uuid.UUID], *, using: str) -> int:
             sequence__isnull=False,
             voids__isnull=True,
             sent_at__isnull=True,
-            status__in=(Status.DEAD, Status.EXPIRED),
+            status__in=(Status.DEAD, Status.EXPIRED, Status.CANCELLED),
         )
         .values("id", "topic", "key", "sequence", "epoch")
     )

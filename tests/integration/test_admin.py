@@ -78,7 +78,8 @@ def test_outbox_replay_requeues_with_the_same_id_and_skips_pending_rows(operator
     page = post_action(operator, OUTBOX_LIST, "replay", [dead.id, pending.id])
     assert (
         "Queued for publishing 1 outbox message. Skipped 1 outbox message that were still "
-        "pending or are being sent right now." in page.text
+        "pending or scheduled, are being sent right now, or were cancelled (publish those "
+        "again)." in page.text
     )
     row = OutboxMessage.objects.get(id=dead.id)
     assert (row.status, row.attempts, row.last_error) == ("pending", 12, "")

@@ -1,4 +1,5 @@
-"""The wheel ships both apps and the kernel they share, each with its type marker."""
+"""The wheel ships both apps, the kernel they share and the Django Tasks backend, each with
+its type marker."""
 
 import tomllib
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 from setuptools import find_packages
 
 ROOT = Path(__file__).resolve().parents[2]
-LIBRARY = ("inbox_outbox", "outbox", "inbox")
+LIBRARY = ("inbox_outbox", "outbox", "inbox", "inbox_outbox_tasks")
 
 
 def test_the_package_list_includes_both_apps_and_the_kernel():

@@ -13,7 +13,7 @@ from outbox.models import OutboxMessage, Status
 class Command(BaseCommand):
     help = (
         "Publish selected outbox messages again (same ids). Sent, failed, dead and expired "
-        "rows apply; rows a relay is sending right now are skipped. Refused for messages sent "
+        "rows apply; rows a relay is sending right now, and cancelled ones, are skipped. Refused for messages sent "
         "before the dedup window or expired, unless --past-dedup-window / --clear-expiry."
     )
 
@@ -50,6 +50,6 @@ class Command(BaseCommand):
             raise CommandError(str(refused)) from None
         verb = "would replay" if options["dry_run"] else "replayed"
         self.stdout.write(
-            f"{verb} {outcome.done} message(s); skipped {outcome.skipped} still pending "
-            "or being sent right now."
+            f"{verb} {outcome.done} message(s); skipped {outcome.skipped} still pending or "
+            "scheduled, being sent right now, or cancelled (publish those again)."
         )
