@@ -29,6 +29,7 @@ from django.db import connections, router, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
 
+from inbox_outbox import tracing
 from inbox_outbox.backoff import backoff_seconds
 from inbox_outbox.conf import get_settings
 from inbox_outbox.faults import blames_content
@@ -172,6 +173,7 @@ def _message(env: Envelope, attempt: int) -> Message:
     )
 
 
+@tracing.fails
 def _failure(handler: Handler, exc: Exception, attempt: int) -> tuple[str, float | None]:
     """The status after ``attempt`` failed with ``exc``, and in how many seconds to retry."""
     conf = get_settings()
@@ -252,6 +254,7 @@ def _process(alias: str, delivery: Delivery) -> dict[str, Outcome]:
     return {h.consumer: handle(h, envelope, raw, using=alias) for h in handlers}
 
 
+@tracing.rejects
 def _reject(alias: str, delivery: Delivery, reason: str, envelope: Envelope | None = None) -> None:
     """Store ``delivery`` as rejected, under the service's own consumer name."""
     row = _rejection(delivery, reason, envelope)
@@ -318,6 +321,7 @@ def _event_id(raw: bytes) -> str | None:
         return None
 
 
+@tracing.handles
 def handle(
     handler: Handler, env: Envelope, raw: bytes | None = None, *, using: str | None = None
 ) -> Outcome:
@@ -346,6 +350,7 @@ _HELD = {
 }
 
 
+@tracing.handles_in_batch
 def _handle_in_transaction(
     alias: str, handler: Handler, env: Envelope, raw: bytes | None
 ) -> Outcome:
@@ -385,6 +390,7 @@ def _stale_reason(last: Position, stream: Stream, position: Position) -> str:
     )
 
 
+@tracing.handles_batch
 def process_batch(deliveries: list[Delivery], *, using: str | None = None) -> None:
     """Handle several deliveries in one transaction: one commit instead of one each.
 
@@ -490,6 +496,7 @@ def _row_message(row: InboxMessage, attempt: int) -> Message:
     )
 
 
+@tracing.handles_stored
 def _run_stored(alias: str, handler: Handler, row: InboxMessage) -> Outcome:
     """Run a stored (waiting or failed) row's handler inside the caller's transaction.
 

@@ -36,6 +36,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Cast, Now
 
+from inbox_outbox import tracing
 from inbox_outbox.backoff import backoff_seconds
 from inbox_outbox.cloudevents import Outgoing
 from inbox_outbox.conf import broker_url, get_settings
@@ -193,11 +194,14 @@ class Relay:
         self.using = using or router.db_for_write(OutboxMessage)
         self.batch_size = batch_size or conf.relay_batch_size
         self.owner = owner or f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.publisher = publisher or make_publisher(
-            broker_url(),
-            exchange=conf.exchange,
-            source=conf.service,
-            confirm_timeout=conf.relay_confirm_timeout,
+        self.publisher = tracing.observed(
+            publisher
+            or make_publisher(
+                broker_url(),
+                exchange=conf.exchange,
+                source=conf.service,
+                confirm_timeout=conf.relay_confirm_timeout,
+            )
         )
         self.stats: dict[str, int] = defaultdict(int)
         self._in_flight: list[Outgoing] | None = None

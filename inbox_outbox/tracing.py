@@ -1,0 +1,406 @@
+"""Traces, after OpenTelemetry's messaging conventions: the only module that calls OpenTelemetry.
+
+Three kinds of span tell a message's story across services:
+
+- ``create <topic>`` (PRODUCER), started by ``publish()`` in the caller's current trace. Its
+  context is stored in the message as W3C ``traceparent``/``tracestate`` headers, which travel
+  as the CloudEvents extensions of the same names (``inbox_outbox.cloudevents``).
+- ``send <exchange>`` (CLIENT: the create spans are the messages' creation contexts), one per
+  relay batch, from the send to the broker's last confirm, linked to each message's creation
+  context, with the batch size and what the broker did with it.
+- ``process <topic>`` (CONSUMER), one per handler run in the inbox: a child of the message's
+  creation context when the message is handled alone, linked to it (and a child of the batch's
+  own ``process`` span) when it is handled in a batch; the handler's own spans nest inside.
+
+The apps only decorate their functions with the hooks here. Without ``opentelemetry-api``
+installed every hook returns the function it was given, unchanged: nothing of OpenTelemetry is
+imported and nothing is added to any call. With the API but no SDK configured, the spans are
+OpenTelemetry's no-op spans and no context is stored.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar, cast
+
+from .conf import get_settings
+
+try:
+    from opentelemetry import trace
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Link, Span, SpanKind, StatusCode
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+except ImportError:  # the optional extra is not installed: every hook is the identity
+    ENABLED = False
+else:
+    ENABLED = True
+    _PROPAGATOR = TraceContextTextMapPropagator()
+
+#: The instrumentation scope of every span (OpenTelemetry's tracer name).
+SCOPE = "inbox_outbox"
+#: What ``messaging.system`` says: the broker the relay and the inbox speak to.
+SYSTEM = "rabbitmq"
+#: The headers that carry a message's creation context (W3C Trace Context).
+CONTEXT_HEADERS = ("traceparent", "tracestate")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _tracer() -> Any:
+    # Looked up per use: a provider configured after import (the SDK, in tests) is honoured.
+    return trace.get_tracer(SCOPE)
+
+
+def _creation_context(headers: Mapping[str, Any] | None) -> Context | None:
+    """The creation context a message carries in its headers, if it has a valid one."""
+    if not headers or "traceparent" not in headers:
+        return None
+    carrier = {name: str(headers[name]) for name in CONTEXT_HEADERS if name in headers}
+    context = _PROPAGATOR.extract(carrier)
+    if not trace.get_current_span(context).get_span_context().is_valid:
+        return None
+    return context
+
+
+def _link(headers: Mapping[str, Any] | None, message_id: Any) -> Link | None:
+    context = _creation_context(headers)
+    if context is None:
+        return None
+    span_context = trace.get_current_span(context).get_span_context()
+    return Link(span_context, {"messaging.message.id": str(message_id)})
+
+
+def _base(operation: str, topic: str | None = None) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "messaging.system": SYSTEM,
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+        "messaging.destination.name": get_settings().exchange,
+    }
+    if topic is not None:
+        attributes["messaging.rabbitmq.destination.routing_key"] = topic
+    return attributes
+
+
+# -- publish() ----------------------------------------------------------------------------
+
+
+def creates(publish: F) -> F:
+    """Decorate ``publish(topic, payload, *, headers=..., ...)``: a ``create`` span around it,
+    whose context the message stores in its headers (unless the caller gave a traceparent)."""
+    if not ENABLED:
+        return publish
+
+    @functools.wraps(publish)
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        topic = args[0] if args else kwargs.get("topic")
+        attributes = _base("create", str(topic))
+        if kwargs.get("key") is not None:
+            attributes["inbox_outbox.key"] = str(kwargs["key"])
+        with _tracer().start_as_current_span(
+            f"create {topic}", kind=SpanKind.PRODUCER, attributes=attributes
+        ) as span:
+            if span.get_span_context().is_valid:
+                headers = kwargs.get("headers") or {}
+                if isinstance(headers, dict) and "traceparent" not in headers:
+                    carrier: dict[str, str] = {}
+                    _PROPAGATOR.inject(carrier)
+                    kwargs["headers"] = {**headers, **carrier}
+            message = publish(*args, **kwargs)
+            span.set_attribute("messaging.message.id", str(message.id))
+            return message
+
+    return cast(F, traced)
+
+
+# -- the relay ----------------------------------------------------------------------------
+
+
+class Batch(Protocol):
+    """What the relay's publisher reports of a batch (``outbox.publisher.BatchResult``)."""
+
+    sent: set[Any]
+    unroutable: set[Any]
+    failed: dict[Any, str]
+    refused: set[Any]
+
+
+class BatchPublisher(Protocol):
+    """The relay's publisher (``outbox.publisher.Publisher``) as the send span sees it."""
+
+    def send(self, batch: Any) -> None: ...
+    def collect(self) -> Any: ...
+    def close(self) -> None: ...
+
+
+P = TypeVar("P", bound=BatchPublisher)
+
+
+def observed(publisher: P) -> P:
+    """``publisher``, recording a ``send`` span per batch from ``send`` to ``collect``."""
+    if not ENABLED:
+        return publisher
+    return cast(P, _SendSpans(publisher))
+
+
+class _SendSpans:
+    """A publisher that wraps another and traces each of its batches."""
+
+    def __init__(self, inner: BatchPublisher) -> None:
+        self._inner = inner
+        self._span: Span | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def send(self, batch: Any) -> None:
+        links = [
+            link for message in batch if (link := _link(message.headers, message.id)) is not None
+        ]
+        attributes = _base("send")
+        attributes["messaging.batch.message_count"] = len(batch)
+        exchange = attributes["messaging.destination.name"]
+        self._end(None, None)  # a batch never collected (the relay gave up on it)
+        self._span = _tracer().start_span(
+            f"send {exchange}", kind=SpanKind.CLIENT, attributes=attributes, links=links
+        )
+        try:
+            self._inner.send(batch)
+        except BaseException as exc:
+            self._end(None, exc)
+            raise
+
+    def collect(self) -> Any:
+        try:
+            result = self._inner.collect()
+        except BaseException as exc:
+            self._end(None, exc)
+            raise
+        self._end(result, None)
+        return result
+
+    def publish(self, batch: Any) -> Any:
+        self.send(batch)
+        return self.collect()
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def _end(self, result: Batch | None, error: BaseException | None) -> None:
+        span, self._span = self._span, None
+        if span is None:
+            return
+        if result is not None:
+            span.set_attributes(
+                {
+                    "inbox_outbox.confirmed": len(result.sent),
+                    "inbox_outbox.returned": len(result.unroutable),
+                    "inbox_outbox.nacked": len(result.refused),
+                    "inbox_outbox.failed": len(result.failed),
+                }
+            )
+        if error is not None:
+            span.record_exception(error)
+            span.set_attribute("error.type", _error_type(error))
+            span.set_status(StatusCode.ERROR, str(error)[:200])
+        span.end()
+
+
+# -- the inbox ----------------------------------------------------------------------------
+
+#: Set while :func:`handles` traces a message handled alone, so that the function it calls
+#: for the work (:func:`handles_in_batch`'s) adds no second span.
+_alone: contextvars.ContextVar[bool] = contextvars.ContextVar("inbox_outbox_alone", default=False)
+
+#: Outcomes of a handler run that are errors.
+_ERRORS = {"failed", "dead", "rejected"}
+
+
+def _error_type(exc: BaseException) -> str:
+    cls = type(exc)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def _process_attributes(
+    consumer: str, message_id: Any, topic: str, attempt: int | None
+) -> dict[str, Any]:
+    attributes = _base("process", topic)
+    attributes["messaging.consumer.group.name"] = consumer
+    attributes["messaging.message.id"] = str(message_id)
+    if attempt is not None:
+        attributes["inbox_outbox.attempt"] = attempt
+    return attributes
+
+
+@contextmanager
+def _processing(
+    *,
+    consumer: str,
+    message_id: Any,
+    topic: str,
+    headers: Mapping[str, Any] | None,
+    attempt: int | None,
+    linked: bool = False,
+) -> Iterator[Span]:
+    """A ``process`` span, current while the body runs: the handler's spans nest in it."""
+    attributes = _process_attributes(consumer, message_id, topic, attempt)
+    parent = None if linked else _creation_context(headers)
+    links: Iterable[Link] = ()
+    if linked and (link := _link(headers, message_id)) is not None:
+        links = [link]
+    with _tracer().start_as_current_span(
+        f"process {topic}",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+        links=links,
+    ) as span:
+        yield span
+
+
+def _settled(span: Span, outcome: Any) -> Any:
+    value = getattr(outcome, "value", outcome)
+    span.set_attribute("inbox_outbox.outcome", str(value))
+    if value in _ERRORS:
+        span.set_status(StatusCode.ERROR)
+        if value == "rejected":
+            span.set_attribute("error.type", "rejected")
+    return outcome
+
+
+def handles(handle: F) -> F:
+    """Decorate ``handle(handler, envelope, ...)``, which handles one message alone: a
+    ``process`` span parented on the message's creation context."""
+    if not ENABLED:
+        return handle
+
+    @functools.wraps(handle)
+    def traced(handler: Any, env: Any, *args: Any, **kwargs: Any) -> Any:
+        with _processing(
+            consumer=handler.consumer,
+            message_id=env.id,
+            topic=env.topic,
+            headers=env.headers,
+            attempt=1,
+        ) as span:
+            token = _alone.set(True)
+            try:
+                return _settled(span, handle(handler, env, *args, **kwargs))
+            finally:
+                _alone.reset(token)
+
+    return cast(F, traced)
+
+
+def handles_in_batch(handle: F) -> F:
+    """Decorate ``_handle_in_transaction(alias, handler, envelope, raw)``: called by a batch,
+    a ``process`` span linked to the message's creation context, inside the batch's span.
+    (Called by :func:`handles`'s function, it adds nothing: that span is the run's.)"""
+    if not ENABLED:
+        return handle
+
+    @functools.wraps(handle)
+    def traced(alias: Any, handler: Any, env: Any, *args: Any) -> Any:
+        if _alone.get():
+            return handle(alias, handler, env, *args)
+        with _processing(
+            consumer=handler.consumer,
+            message_id=env.id,
+            topic=env.topic,
+            headers=env.headers,
+            attempt=1,
+            linked=True,
+        ) as span:
+            try:
+                return _settled(span, handle(alias, handler, env, *args))
+            except Exception as exc:  # the batch rolls back; each message is handled alone
+                span.set_attribute("error.type", _error_type(exc))
+                raise
+
+    return cast(F, traced)
+
+
+def handles_batch(process_batch: F) -> F:
+    """Decorate ``process_batch(deliveries, ...)``: one ``process`` span for the batch."""
+    if not ENABLED:
+        return process_batch
+
+    @functools.wraps(process_batch)
+    def traced(deliveries: Any, *args: Any, **kwargs: Any) -> Any:
+        conf = get_settings()
+        attributes = _base("process")
+        attributes["messaging.consumer.group.name"] = conf.service
+        attributes["messaging.batch.message_count"] = len(deliveries)
+        with _tracer().start_as_current_span(
+            f"process {conf.queue_name}", kind=SpanKind.CONSUMER, attributes=attributes
+        ):
+            return process_batch(deliveries, *args, **kwargs)
+
+    return cast(F, traced)
+
+
+def handles_stored(run_stored: F) -> F:
+    """Decorate ``_run_stored(alias, handler, row)``, which runs a stored (waiting or failed)
+    row: a ``process`` span parented on the creation context the row kept."""
+    if not ENABLED:
+        return run_stored
+
+    @functools.wraps(run_stored)
+    def traced(alias: Any, handler: Any, row: Any) -> Any:
+        with _processing(
+            consumer=handler.consumer,
+            message_id=row.message_id,
+            topic=row.topic,
+            headers=row.headers,
+            attempt=row.attempts + 1,
+        ) as span:
+            return _settled(span, run_stored(alias, handler, row))
+
+    return cast(F, traced)
+
+
+def rejects(reject: F) -> F:
+    """Decorate ``_reject(alias, delivery, reason, envelope=None)``: a ``process`` span with
+    outcome ``rejected``, parented on whatever creation context the delivery carries."""
+    if not ENABLED:
+        return reject
+
+    @functools.wraps(reject)
+    def traced(alias: Any, delivery: Any, reason: str, envelope: Any = None) -> Any:
+        conf = get_settings()
+        headers = envelope.headers if envelope is not None else delivery[2]
+        topic = envelope.topic if envelope is not None else conf.queue_name
+        message_id = envelope.id if envelope is not None else delivery[1].get("message_id", "")
+        with _processing(
+            consumer=conf.service,
+            message_id=message_id,
+            topic=topic,
+            headers=headers if isinstance(headers, Mapping) else None,
+            attempt=None,
+        ) as span:
+            result = reject(alias, delivery, reason, envelope)
+            _settled(span, "rejected")
+            return result
+
+    return cast(F, traced)
+
+
+def fails(failure: F) -> F:
+    """Decorate ``_failure(handler, exc, attempt)``, which decides what a handler's exception
+    makes of its message: the current ``process`` span records the exception."""
+    if not ENABLED:
+        return failure
+
+    @functools.wraps(failure)
+    def traced(handler: Any, exc: BaseException, attempt: int) -> Any:
+        span = trace.get_current_span()
+        span.record_exception(exc)
+        span.set_attribute("error.type", _error_type(exc))
+        return failure(handler, exc, attempt)
+
+    return cast(F, traced)
