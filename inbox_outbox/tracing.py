@@ -22,22 +22,28 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar, cast
 
+from . import metrics
 from .conf import get_settings
 
 try:
     from opentelemetry import trace
     from opentelemetry.context import Context
-    from opentelemetry.trace import Link, Span, SpanKind, StatusCode
+    from opentelemetry.trace import Link, SpanKind, StatusCode
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # the optional extra is not installed: every hook is the identity
     ENABLED = False
 else:
     ENABLED = True
     _PROPAGATOR = TraceContextTextMapPropagator()
+
+#: Whether the hooks do anything: they trace when OpenTelemetry is installed, and record
+#: metrics when an exporter of them is; with neither, every hook is the identity.
+HOOKED = ENABLED or metrics.ENABLED
 
 #: The instrumentation scope of every span (OpenTelemetry's tracer name).
 SCOPE = "inbox_outbox"
@@ -73,6 +79,19 @@ def _link(headers: Mapping[str, Any] | None, message_id: Any) -> Link | None:
     return Link(span_context, {"messaging.message.id": str(message_id)})
 
 
+class _NoSpan:
+    """Stands for a span when only metrics are recorded."""
+
+    def set_attribute(self, key: str, value: Any) -> None: ...
+    def set_attributes(self, attributes: Any) -> None: ...
+    def record_exception(self, exc: BaseException) -> None: ...
+    def set_status(self, *args: Any) -> None: ...
+    def end(self) -> None: ...
+
+
+_NO_SPAN = _NoSpan()
+
+
 def _base(operation: str, topic: str | None = None) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "messaging.system": SYSTEM,
@@ -91,13 +110,18 @@ def _base(operation: str, topic: str | None = None) -> dict[str, Any]:
 def creates(publish: F) -> F:
     """Decorate ``publish(topic, payload, *, headers=..., ...)``: a ``create`` span around it,
     whose context the message stores in its headers (unless the caller gave a traceparent)."""
-    if not ENABLED:
+    if not HOOKED:
         return publish
 
     @functools.wraps(publish)
     def traced(*args: Any, **kwargs: Any) -> Any:
-        topic = args[0] if args else kwargs.get("topic")
-        attributes = _base("create", str(topic))
+        started = time.perf_counter()
+        topic = str(args[0] if args else kwargs.get("topic"))
+        if not ENABLED:
+            message = publish(*args, **kwargs)
+            metrics.published(topic, time.perf_counter() - started)
+            return message
+        attributes = _base("create", topic)
         if kwargs.get("key") is not None:
             attributes["inbox_outbox.key"] = str(kwargs["key"])
         with _tracer().start_as_current_span(
@@ -111,7 +135,9 @@ def creates(publish: F) -> F:
                     kwargs["headers"] = {**headers, **carrier}
             message = publish(*args, **kwargs)
             span.set_attribute("messaging.message.id", str(message.id))
-            return message
+        if metrics.ENABLED:
+            metrics.published(topic, time.perf_counter() - started)
+        return message
 
     return cast(F, traced)
 
@@ -141,7 +167,7 @@ P = TypeVar("P", bound=BatchPublisher)
 
 def observed(publisher: P) -> P:
     """``publisher``, recording a ``send`` span per batch from ``send`` to ``collect``."""
-    if not ENABLED:
+    if not HOOKED:
         return publisher
     return cast(P, _SendSpans(publisher))
 
@@ -151,22 +177,29 @@ class _SendSpans:
 
     def __init__(self, inner: BatchPublisher) -> None:
         self._inner = inner
-        self._span: Span | None = None
+        self._span: Any = None
+        self._started = 0.0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     def send(self, batch: Any) -> None:
-        links = [
-            link for message in batch if (link := _link(message.headers, message.id)) is not None
-        ]
-        attributes = _base("send")
-        attributes["messaging.batch.message_count"] = len(batch)
-        exchange = attributes["messaging.destination.name"]
         self._end(None, None)  # a batch never collected (the relay gave up on it)
-        self._span = _tracer().start_span(
-            f"send {exchange}", kind=SpanKind.CLIENT, attributes=attributes, links=links
-        )
+        self._started = time.perf_counter()
+        if ENABLED:
+            links = [
+                link
+                for message in batch
+                if (link := _link(message.headers, message.id)) is not None
+            ]
+            attributes = _base("send")
+            attributes["messaging.batch.message_count"] = len(batch)
+            exchange = attributes["messaging.destination.name"]
+            self._span = _tracer().start_span(
+                f"send {exchange}", kind=SpanKind.CLIENT, attributes=attributes, links=links
+            )
+        else:
+            self._span = _NO_SPAN
         try:
             self._inner.send(batch)
         except BaseException as exc:
@@ -194,14 +227,15 @@ class _SendSpans:
         if span is None:
             return
         if result is not None:
-            span.set_attributes(
-                {
-                    "inbox_outbox.confirmed": len(result.sent),
-                    "inbox_outbox.returned": len(result.unroutable),
-                    "inbox_outbox.nacked": len(result.refused),
-                    "inbox_outbox.failed": len(result.failed),
-                }
-            )
+            outcomes = {
+                "confirmed": len(result.sent),
+                "returned": len(result.unroutable),
+                "nacked": len(result.refused),
+                "failed": len(result.failed),
+            }
+            span.set_attributes({f"inbox_outbox.{k}": v for k, v in outcomes.items()})
+            if metrics.ENABLED:
+                metrics.relayed(outcomes, time.perf_counter() - self._started)
         if error is not None:
             span.record_exception(error)
             span.set_attribute("error.type", _error_type(error))
@@ -221,20 +255,9 @@ _ERRORS = {"failed", "dead", "rejected"}
 
 def _error_type(exc: BaseException) -> str:
     cls = type(exc)
-    return (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
-
-
-def _process_attributes(
-    consumer: str, message_id: Any, topic: str, attempt: int | None
-) -> dict[str, Any]:
-    attributes = _base("process", topic)
-    attributes["messaging.consumer.group.name"] = consumer
-    attributes["messaging.message.id"] = str(message_id)
-    if attempt is not None:
-        attributes["inbox_outbox.attempt"] = attempt
-    return attributes
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 @contextmanager
@@ -246,9 +269,16 @@ def _processing(
     headers: Mapping[str, Any] | None,
     attempt: int | None,
     linked: bool = False,
-) -> Iterator[Span]:
+) -> Iterator[Any]:
     """A ``process`` span, current while the body runs: the handler's spans nest in it."""
-    attributes = _process_attributes(consumer, message_id, topic, attempt)
+    if not ENABLED:
+        yield _NO_SPAN
+        return
+    attributes = _base("process", topic)
+    attributes["messaging.consumer.group.name"] = consumer
+    attributes["messaging.message.id"] = str(message_id)
+    if attempt is not None:
+        attributes["inbox_outbox.attempt"] = attempt
     parent = None if linked else _creation_context(headers)
     links: Iterable[Link] = ()
     if linked and (link := _link(headers, message_id)) is not None:
@@ -263,24 +293,30 @@ def _processing(
         yield span
 
 
-def _settled(span: Span, outcome: Any) -> Any:
-    value = getattr(outcome, "value", outcome)
-    span.set_attribute("inbox_outbox.outcome", str(value))
+def _settled(span: Any, consumer: str, outcome: Any, started: float | None) -> Any:
+    """Record ``outcome`` of a handler run on its span and in the metrics."""
+    value = str(getattr(outcome, "value", outcome))
+    span.set_attribute("inbox_outbox.outcome", value)
     if value in _ERRORS:
-        span.set_status(StatusCode.ERROR)
+        if ENABLED:
+            span.set_status(StatusCode.ERROR)
         if value == "rejected":
             span.set_attribute("error.type", "rejected")
+    if metrics.ENABLED:
+        seconds = None if started is None else time.perf_counter() - started
+        metrics.consumed(consumer, value, seconds)
     return outcome
 
 
 def handles(handle: F) -> F:
     """Decorate ``handle(handler, envelope, ...)``, which handles one message alone: a
     ``process`` span parented on the message's creation context."""
-    if not ENABLED:
+    if not HOOKED:
         return handle
 
     @functools.wraps(handle)
     def traced(handler: Any, env: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
         with _processing(
             consumer=handler.consumer,
             message_id=env.id,
@@ -290,9 +326,10 @@ def handles(handle: F) -> F:
         ) as span:
             token = _alone.set(True)
             try:
-                return _settled(span, handle(handler, env, *args, **kwargs))
+                outcome = handle(handler, env, *args, **kwargs)
             finally:
                 _alone.reset(token)
+            return _settled(span, handler.consumer, outcome, started)
 
     return cast(F, traced)
 
@@ -301,13 +338,14 @@ def handles_in_batch(handle: F) -> F:
     """Decorate ``_handle_in_transaction(alias, handler, envelope, raw)``: called by a batch,
     a ``process`` span linked to the message's creation context, inside the batch's span.
     (Called by :func:`handles`'s function, it adds nothing: that span is the run's.)"""
-    if not ENABLED:
+    if not HOOKED:
         return handle
 
     @functools.wraps(handle)
     def traced(alias: Any, handler: Any, env: Any, *args: Any) -> Any:
         if _alone.get():
             return handle(alias, handler, env, *args)
+        started = time.perf_counter()
         with _processing(
             consumer=handler.consumer,
             message_id=env.id,
@@ -317,10 +355,11 @@ def handles_in_batch(handle: F) -> F:
             linked=True,
         ) as span:
             try:
-                return _settled(span, handle(alias, handler, env, *args))
+                outcome = handle(alias, handler, env, *args)
             except Exception as exc:  # the batch rolls back; each message is handled alone
                 span.set_attribute("error.type", _error_type(exc))
                 raise
+            return _settled(span, handler.consumer, outcome, started)
 
     return cast(F, traced)
 
@@ -347,11 +386,12 @@ def handles_batch(process_batch: F) -> F:
 def handles_stored(run_stored: F) -> F:
     """Decorate ``_run_stored(alias, handler, row)``, which runs a stored (waiting or failed)
     row: a ``process`` span parented on the creation context the row kept."""
-    if not ENABLED:
+    if not HOOKED:
         return run_stored
 
     @functools.wraps(run_stored)
     def traced(alias: Any, handler: Any, row: Any) -> Any:
+        started = time.perf_counter()
         with _processing(
             consumer=handler.consumer,
             message_id=row.message_id,
@@ -359,7 +399,8 @@ def handles_stored(run_stored: F) -> F:
             headers=row.headers,
             attempt=row.attempts + 1,
         ) as span:
-            return _settled(span, run_stored(alias, handler, row))
+            outcome = run_stored(alias, handler, row)
+            return _settled(span, handler.consumer, outcome, started)
 
     return cast(F, traced)
 
@@ -367,7 +408,7 @@ def handles_stored(run_stored: F) -> F:
 def rejects(reject: F) -> F:
     """Decorate ``_reject(alias, delivery, reason, envelope=None)``: a ``process`` span with
     outcome ``rejected``, parented on whatever creation context the delivery carries."""
-    if not ENABLED:
+    if not HOOKED:
         return reject
 
     @functools.wraps(reject)
@@ -384,7 +425,7 @@ def rejects(reject: F) -> F:
             attempt=None,
         ) as span:
             result = reject(alias, delivery, reason, envelope)
-            _settled(span, "rejected")
+            _settled(span, conf.service, "rejected", None)
             return result
 
     return cast(F, traced)

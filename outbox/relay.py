@@ -36,7 +36,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Cast, Now
 
-from inbox_outbox import tracing
+from inbox_outbox import health, tracing
 from inbox_outbox.backoff import backoff_seconds
 from inbox_outbox.cloudevents import Outgoing
 from inbox_outbox.conf import broker_url, get_settings
@@ -515,7 +515,9 @@ class Relay:
                         listener = self._listen()
                     settled = self.run_once()
                     outage = 0
+                    health.beat("relay")
                 except BrokerUnavailable as exc:
+                    health.beat("relay", ok=False, error=f"broker: {exc}")
                     outage += 1
                     delay = backoff_seconds(outage, 0.5, 15.0)
                     logger.warning(
@@ -524,6 +526,7 @@ class Relay:
                     stop.wait(delay)
                     continue
                 except DatabaseError as exc:
+                    health.beat("relay", ok=False, error=f"database: {exc}")
                     outage += 1
                     delay = backoff_seconds(outage, 0.5, 15.0)
                     logger.warning(
