@@ -1,6 +1,7 @@
 """Consumer throughput and commit-to-handler latency, against a baseline in the same run.
 
     .venv/bin/python bench/consume.py [--messages 50000] [--workers 2]
+    .venv/bin/python bench/consume.py --tracing [--messages 20000]: throughput off vs on
 
 1. Throughput: N CloudEvents messages wait in the service queue; W Celery worker processes
    (`celery -A project worker --pool solo`, the inbox consumer step) handle them, one
@@ -34,6 +35,11 @@ def main() -> None:
     )
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="only throughput, with tracing off and on (the SDK, in-memory exporter, in workers)",
+    )
     parser.add_argument("--latency-messages", type=int, default=1_000)
     parser.add_argument("--latency-rate", type=float, default=200.0, help="transactions per second")
     args = parser.parse_args()
@@ -54,6 +60,13 @@ def main() -> None:
         "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
     try:
+        if args.tracing:
+            off = bench_workers(args.messages, args.workers, env)
+            on = bench_workers(args.messages, args.workers, {**env, "BENCH_TRACING": "1"})
+            print(f"consumer, tracing off: {off:,.0f} msg/s ({args.workers} workers)")
+            print(f"consumer, tracing on:  {on:,.0f} msg/s (SDK, in-memory exporter, traceparents)")
+            print(f"ratio:     {on / off:.2f}x (target >= 0.90)")
+            return
         ours = bench_workers(args.messages, args.workers, env)
         base = bench_baseline(args.messages, args.workers)
         print(
@@ -150,8 +163,25 @@ def bench_workers(count: int, workers: int, env: dict[str, str]) -> float:
     conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest")
     conn.connect()
     channel = conn.channel()
+    # Traced workers get what a traced producer sends: a creation context on each message.
+    headers = (
+        {"traceparent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"}
+        if env.get("BENCH_TRACING")
+        else {}
+    )
     for i in range(count):
-        message = Outgoing(uuid.uuid4(), "bench.consume", None, None, f'{{"n":{i}}}', {}, now, None)
+        message = Outgoing(
+            id=uuid.uuid4(),
+            topic="bench.consume",
+            key=None,
+            sequence=None,
+            epoch=None,
+            voids=None,
+            payload_json=f'{{"n":{i}}}',
+            headers=headers,
+            created_at=now,
+            expires_at=None,
+        )
         body = encode(message, source="bench")
         channel.basic_publish(
             amqp.Message(body, **amqp_properties(message, now=now)),

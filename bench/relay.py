@@ -1,6 +1,7 @@
 """Relay throughput and publish() cost, each against a baseline measured in the same run.
 
     .venv/bin/python bench/relay.py [--messages 100000] [--transactions 9000] [--breakdown]
+    .venv/bin/python bench/relay.py --tracing [--messages 20000]
 
 1. Relay: drain a backlog of N outbox rows to RabbitMQ (confirmed, routed to a queue), against
    a bare baseline that publishes the same bodies with py-amqp and a window of publisher
@@ -8,6 +9,8 @@
 2. publish(): a one-row business transaction through the ORM, with and without publish(),
    and with the same outbox row inserted by a plain hand-written INSERT (what an outbox
    without prepared statements or deferred rows pays).
+
+``--tracing`` runs only part 1, with tracing off and on, and prints the ratio.
 
 ``--breakdown`` runs only part 2, splitting publish()'s cost into its Python, the extra
 statement in the commit's round trip, and the row itself.
@@ -49,6 +52,11 @@ def main() -> None:
     parser.add_argument("--blocked", type=int, default=100_000, help="--claim: blocked rows")
     parser.add_argument("--rounds", type=int, default=300, help="--claim: claims timed per case")
     parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="only the relay, with tracing off and on (OpenTelemetry's SDK, in-memory exporter)",
+    )
+    parser.add_argument(
         "--breakdown",
         action="store_true",
         help="only the publish() part, with two more variants that show where its cost goes",
@@ -60,6 +68,9 @@ def main() -> None:
         return
     if args.breakdown:
         breakdown(args.transactions)
+        return
+    if args.tracing:
+        bench_tracing(args.messages, args.keys)
         return
 
     relay_rate, base_rate = bench_relay(args.messages, args.keys)
@@ -73,6 +84,23 @@ def main() -> None:
     print(f"  with the same row by a plain INSERT:   {tx['raw_sql']:,.0f} tx/s")
     print(f"ratio:     {tx['publish'] / tx['without']:.3f}x (target >= 0.74)")
     print(f"plain:     {tx['raw_sql'] / tx['without']:.3f}x for the hand-written INSERT")
+
+
+def bench_tracing(count: int, keys: int) -> None:
+    """The relay's throughput with tracing off (OpenTelemetry's API without an SDK: no-op
+    spans, no context stored) and on (the SDK recording every span into memory; the backlog
+    published under it, so every message carries a traceparent the send span links to)."""
+    from tests import spans
+
+    spans.uninstall()
+    off, _ = bench_relay(count, keys)
+    exporter = spans.in_memory()
+    on, _ = bench_relay(count, keys)
+    sends = [s for s in exporter.get_finished_spans() if s.name.startswith("send")]
+    spans.uninstall()
+    print(f"relay, tracing off: {off:,.0f} msg/s ({count:,} messages)")
+    print(f"relay, tracing on:  {on:,.0f} msg/s ({len(sends)} send spans, SDK, in-memory exporter)")
+    print(f"ratio:     {on / off:.2f}x (target >= 0.90)")
 
 
 def _messages(count: int) -> list[tuple[bytes, dict]]:
