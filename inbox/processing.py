@@ -43,6 +43,7 @@ from inbox_outbox.limits import (
     storable_text,
     storage_key,
 )
+from inbox_outbox.logfields import fields
 
 from . import ordering, sql
 from .envelope import Envelope, Order, broker_delivery_count, parse, raw_bytes, storable
@@ -143,7 +144,17 @@ def _insert(alias: str, row: NewRow) -> bool:
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql.insert_row_unless_seen(connection.vendor), params)
-        return cursor.fetchone() is not None
+        inserted = cursor.fetchone() is not None
+    if not inserted:
+        logger.debug(
+            "inbox: %s already has message %s (a duplicate)",
+            row.consumer,
+            row.message_id,
+            extra=fields(
+                message_id=row.message_id, topic=row.topic, key=row.key, consumer=row.consumer
+            ),
+        )
+    return inserted
 
 
 def stream_of(handler: Handler, env: Envelope) -> Stream | None:
@@ -245,6 +256,7 @@ def _process(alias: str, delivery: Delivery) -> dict[str, Outcome]:
                 "inbox: no handler for topic %r; message %s ignored by policy",
                 envelope.topic,
                 envelope.id,
+                extra=fields(message_id=envelope.id, topic=envelope.topic, key=envelope.key),
             )
             return {conf.service: Outcome.IGNORED}
         reason = f"no handler for topic {envelope.topic!r} in service {conf.service!r}"
@@ -258,7 +270,12 @@ def _process(alias: str, delivery: Delivery) -> dict[str, Outcome]:
 def _reject(alias: str, delivery: Delivery, reason: str, envelope: Envelope | None = None) -> None:
     """Store ``delivery`` as rejected, under the service's own consumer name."""
     row = _rejection(delivery, reason, envelope)
-    logger.warning("inbox: rejected message %s (%s)", printable(row.message_id), reason)
+    logger.warning(
+        "inbox: rejected message %s (%s)",
+        printable(row.message_id),
+        reason,
+        extra=fields(message_id=row.message_id, topic=row.topic, key=row.key),
+    )
     with transaction.atomic(using=alias):
         _insert(alias, row)
 
@@ -453,7 +470,16 @@ def _record_failure(
     status, next_at = _failure(handler, exc, 1)
     error, trace = _describe(exc)
     log = logger.error if status == Status.DEAD else logger.warning
-    log("inbox: %s failed on %s %s (attempt 1): %s", handler.consumer, env.topic, env.id, error)
+    log(
+        "inbox: %s failed on %s %s (attempt 1): %s",
+        handler.consumer,
+        env.topic,
+        env.id,
+        error,
+        extra=fields(
+            message_id=env.id, topic=env.topic, key=env.key, consumer=handler.consumer, attempt=1
+        ),
+    )
     row = NewRow.of(
         env,
         consumer=handler.consumer,
@@ -523,7 +549,22 @@ def _run_stored(alias: str, handler: Handler, row: InboxMessage) -> Outcome:
             using=alias,
             update_fields=["status", "attempts", "next_attempt_at", "last_error", "traceback"],
         )
+        about = fields(
+            message_id=row.message_id,
+            topic=row.topic,
+            key=row.key,
+            consumer=handler.consumer,
+            attempt=attempt,
+        )
         if status != Status.DEAD:
+            logger.warning(
+                "inbox: %s failed on %s again (attempt %d): %s",
+                handler.consumer,
+                row.message_id,
+                attempt,
+                row.last_error,
+                extra=about,
+            )
             return Outcome.FAILED
         logger.error(
             "inbox: %s gave up on %s after %d attempts: %s",
@@ -531,6 +572,7 @@ def _run_stored(alias: str, handler: Handler, row: InboxMessage) -> Outcome:
             row.message_id,
             attempt,
             row.last_error,
+            extra=about,
         )
         outcome = Outcome.DEAD
     else:
@@ -602,6 +644,12 @@ def drain_stream(
                     last.sequence,
                     position.epoch,
                     position.sequence,
+                    extra=fields(
+                        message_id=row.message_id,
+                        topic=stream.topic,
+                        key=stream.key,
+                        consumer=stream.consumer,
+                    ),
                 )
             outcome = _run_stored(alias, handler, row)
         settled += 1

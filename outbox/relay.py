@@ -40,6 +40,7 @@ from inbox_outbox import health, tracing
 from inbox_outbox.backoff import backoff_seconds
 from inbox_outbox.cloudevents import Outgoing
 from inbox_outbox.conf import broker_url, get_settings
+from inbox_outbox.logfields import fields
 
 from . import sql, voids
 from .exceptions import BrokerUnavailable
@@ -474,7 +475,22 @@ class Relay:
             if dead:
                 voids.announce([mid], using=self.using)
         if dead:
-            logger.error("outbox: message %s is dead after %d attempts: %s", mid, attempts, error)
+            logger.error(
+                "outbox: message %s is dead after %d attempts: %s",
+                mid,
+                attempts,
+                error,
+                extra=fields(message_id=mid, attempt=attempts),
+            )
+        else:
+            logger.warning(
+                "outbox: message %s failed (attempt %d), retrying in %.0fs: %s",
+                mid,
+                attempts,
+                delay,
+                error,
+                extra=fields(message_id=mid, attempt=attempts),
+            )
 
     # -- loops ----------------------------------------------------------------------
     def drain(self, *, max_batches: int | None = None, linger: bool = False) -> int:
