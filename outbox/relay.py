@@ -195,15 +195,13 @@ class Relay:
         self.using = using or router.db_for_write(OutboxMessage)
         self.batch_size = batch_size or conf.relay_batch_size
         self.owner = owner or f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.publisher = tracing.observed(
-            publisher
-            or make_publisher(
-                broker_url(),
-                exchange=conf.exchange,
-                source=conf.service,
-                confirm_timeout=conf.relay_confirm_timeout,
-            )
+        self.publisher = publisher or make_publisher(
+            broker_url(),
+            exchange=conf.exchange,
+            source=conf.service,
+            confirm_timeout=conf.relay_confirm_timeout,
         )
+        self.publisher = tracing.observed(self.publisher)  # send spans, relay metrics
         self.stats: dict[str, int] = defaultdict(int)
         self._in_flight: list[Outgoing] | None = None
         self._cursor = START  # the claim's walk over the keys goes on after this one
