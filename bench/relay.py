@@ -314,7 +314,7 @@ def _with_raw_sql(i: int) -> None:
 def bench_publish(transactions: int) -> dict[str, float]:
     """A one-row business transaction without ``publish()``, with it, and with the same
     outbox row by a plain hand-written INSERT; transactions per second of each."""
-    return _interleaved(
+    return interleaved(
         {"without": _without, "publish": _with_publish, "raw_sql": _with_raw_sql}, transactions
     )
 
@@ -344,7 +344,7 @@ def breakdown(transactions: int) -> None:
         finally:
             Session.flush = send  # type: ignore[method-assign]
 
-    tx = _interleaved(
+    tx = interleaved(
         {
             "without": _without,
             "python": python_only,
@@ -360,7 +360,7 @@ def breakdown(transactions: int) -> None:
     print(f"  and the row itself:                   +{us['publish'] - us['stand_in']:,.0f} us")
 
 
-def _interleaved(variants, transactions: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def interleaved(variants, transactions: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Interleave short rounds of the variants (100 transactions each) so that the machine's
     drift affects them alike; the median round of each, in transactions per second."""
     import statistics

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
 from inbox_outbox import adminkit
 from inbox_outbox.adminkit import (
@@ -17,7 +19,7 @@ from inbox_outbox.adminkit import (
     search_exact,
 )
 
-from . import operations
+from . import operations, topology
 from .models import InboxMessage, KeyProgress, Status
 from .registry import registry
 
@@ -93,6 +95,12 @@ class InboxMessageAdmin(adminkit.MessageAdminBase[InboxMessage]):
         "raw",
     )
     readonly_fields = fields
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        extra = {"dead_letters": topology.dead_letters_shown()}
+        return super().changelist_view(request, {**(extra_context or {}), **extra})
 
     @admin.display(description="traceback")
     def traceback_text(self, obj: InboxMessage) -> str:

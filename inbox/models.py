@@ -154,3 +154,26 @@ class KeyProgress(models.Model):
             f"{self.consumer} {self.source}:{self.topic}/{self.key}"
             f"@{self.epoch}.{self.last_sequence}"
         )
+
+
+class QueueBinding(models.Model):
+    """A topic the service's queue was bound to when a worker declared it.
+
+    The broker's bindings cannot be listed over AMQP, so the worker remembers here what it
+    bound; ``inbox_topology --prune`` unbinds the topics that no handler declares any more
+    (else their messages keep arriving, to be rejected as having no handler).
+    """
+
+    queue = models.CharField(max_length=255)
+    topic = models.CharField(max_length=255)
+    declared_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "inbox_queue_binding"
+        verbose_name = "queue binding"
+        constraints = [
+            models.UniqueConstraint(fields=["queue", "topic"], name="inbox_queue_binding_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.queue} <- {self.topic}"

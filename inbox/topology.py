@@ -33,6 +33,7 @@ from django.core.exceptions import ImproperlyConfigured
 from inbox_outbox.broker import connect, events_exchange
 from inbox_outbox.conf import Settings, get_settings
 
+from . import bindings
 from .exceptions import InboxError
 from .registry import registry
 
@@ -109,7 +110,7 @@ def declare(connection: kombu.Connection) -> kombu.Queue:
 
     The dead-letter exchange and queue first, so that nothing the service queue dead-letters
     has nowhere to go. Raises :class:`TopologyMismatch` for an existing queue of another
-    type or other arguments.
+    type or other arguments. Records the topics bound (:mod:`inbox.bindings`).
     """
     conf = get_settings()
     queue = service_queue()
@@ -122,17 +123,18 @@ def declare(connection: kombu.Connection) -> kombu.Queue:
             except amqp.exceptions.PreconditionFailed as exc:
                 raise mismatch(connection, each, exc) from exc
     finally:
-        _close(channel)
+        close_quietly(channel)
+    bindings.remember(queue.name, (b.routing_key for b in queue.bindings))
     return queue
 
 
 def mismatch(connection: kombu.Connection, queue: kombu.Queue, exc: Exception) -> TopologyMismatch:
     """The error for ``queue`` existing on the broker with arguments other than asked."""
     conf = get_settings()
-    asked = _describe(queue.queue_arguments)
+    asked = describe(queue.queue_arguments)
     existing = _management_arguments(connection, queue.name)
     has = (
-        _describe(existing)
+        describe(existing)
         if existing is not None
         else "(not readable: the broker's management API is not reachable; its reply names "
         "the argument that differs)"
@@ -149,7 +151,7 @@ def mismatch(connection: kombu.Connection, queue: kombu.Queue, exc: Exception) -
     )
 
 
-def _describe(arguments: dict[str, Any] | None) -> str:
+def describe(arguments: dict[str, Any] | None) -> str:
     arguments = dict(arguments or {})
     kind = arguments.pop("x-queue-type", "classic")
     rest = ", ".join(f"{k}={v!r}" for k, v in sorted(arguments.items()))
@@ -196,11 +198,25 @@ def dead_letters(connection: kombu.Connection | None = None) -> DeadLetters:
             depth = channel.queue_declare(queue.name, passive=True).message_count
         except connection.channel_errors:  # not declared yet: no worker has started
             return DeadLetters(queue=queue.name, depth=None)
-        _close(channel)
+        close_quietly(channel)
         return DeadLetters(queue=queue.name, depth=depth)
     finally:
         if own:
             connection.release()
+
+
+def dead_letters_shown() -> int | str | None:
+    """The dead-letter queue's depth as operators see it (``inbox_status``, the admin): a
+    number, a sentence when it cannot be read, None for a classic queue (it has none). An
+    unreachable broker is said, never raised: the database's counts still help."""
+    try:
+        found = dead_letters()
+    except Exception as exc:
+        logger.debug("inbox: dead-letter queue not readable", exc_info=True)
+        return f"unknown (broker unavailable: {exc})"
+    if found.queue is None:
+        return None
+    return "not declared yet" if found.depth is None else found.depth
 
 
 class RequeueStopped(InboxError):
@@ -256,7 +272,7 @@ def requeue_dead_letters(
                 ) from exc
             channel.basic_ack(message.delivery_tag)
             moved += 1
-        _close(channel)
+        close_quietly(channel)
     finally:
         if own:
             connection.release()
@@ -270,7 +286,7 @@ def nack(channel: Any, delivery_tag: Any) -> None:
     channel.send_method(spec.Basic.Nack, "Lbb", (delivery_tag, False, True))
 
 
-def _close(channel: Any) -> None:
+def close_quietly(channel: Any) -> None:
     try:
         channel.close()
     except Exception:  # closed by the broker already (a 406 closes it)

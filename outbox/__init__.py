@@ -25,15 +25,18 @@ __all__ = [
     "OutboxConfigurationError",
     "OutboxError",
     "OutboxMessage",
+    "OutboxTask",
     "PayloadTooLarge",
     "PublishError",
     "Relay",
     "ReplayRefused",
     "StatementLost",
     "publish",
+    "send_task",
 ]
 
 if TYPE_CHECKING:
+    from .celery_tasks import OutboxTask, send_task
     from .models import OutboxMessage
     from .publishing import publish
     from .relay import Relay
@@ -60,4 +63,8 @@ def __getattr__(name: str) -> Any:
         from .relay import Relay
 
         return Relay
+    if name in ("OutboxTask", "send_task"):
+        from . import celery_tasks
+
+        return getattr(celery_tasks, name)
     raise AttributeError(f"module 'outbox' has no attribute {name!r}")

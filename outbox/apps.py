@@ -16,3 +16,9 @@ class OutboxConfig(AppConfig):
         shared_checks.register()
         checks.register()
         metrics.register_gauges("outbox", gauges.readings)
+
+        from celery.signals import before_task_publish
+
+        from .celery_tasks import warn_direct_send
+
+        before_task_publish.connect(warn_direct_send, dispatch_uid="outbox.warn_direct_send")

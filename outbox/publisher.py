@@ -37,9 +37,10 @@ import kombu
 from django.utils import timezone
 
 from inbox_outbox.broker import has_confirms
-from inbox_outbox.cloudevents import Outgoing, amqp_properties, encode
+from inbox_outbox.cloudevents import Outgoing
 
 from .exceptions import BrokerUnavailable
+from .wire import frame
 
 logger = logging.getLogger(__name__)
 
@@ -203,13 +204,11 @@ class AmqpPublisher(Publisher):
                 if message.key is not None and (message.topic, message.key) in unencodable:
                     continue  # not published, so not confirmed: it stays unsent, uncharged
                 try:
+                    out = frame(message, exchange=self.exchange, source=self.source, now=now)
                     channel.basic_publish(
-                        amqp.Message(
-                            encode(message, source=self.source),
-                            **amqp_properties(message, now=now),
-                        ),
-                        exchange=self.exchange,
-                        routing_key=message.topic,
+                        amqp.Message(out.body, **out.properties),
+                        exchange=out.exchange,
+                        routing_key=out.routing_key,
                         mandatory=True,
                     )
                 except ENCODE_ERRORS as exc:  # before its first byte: the connection is fine
@@ -299,16 +298,17 @@ class KombuPublisher(Publisher):
                 self.exchange(channel).declare()
             for message in batch:
                 try:
-                    props = amqp_properties(message, now=now)
-                    headers = props.pop("application_headers", {})
-                    props.pop("delivery_mode")
-                    body = encode(message, source=self.source)
+                    out = frame(message, exchange=self.exchange.name, source=self.source, now=now)
                 except ENCODE_ERRORS as exc:
                     result.failed[message.id] = encode_error(exc)
                     continue
+                props = dict(out.properties)
+                headers = props.pop("application_headers", {})
+                props.pop("delivery_mode")
                 self._producer.publish(
-                    body,
-                    routing_key=message.topic,
+                    out.body,
+                    exchange=kombu.Exchange(out.exchange),  # an instance: "" is the default one
+                    routing_key=out.routing_key,
                     headers=headers,
                     delivery_mode=2,
                     serializer=None,

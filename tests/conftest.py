@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -13,9 +14,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import amqp
 import kombu
 import pytest
-from django.db import connection
+from django.db import connections
+
+from inbox_outbox.cloudevents import CONTENT_TYPE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,9 +99,9 @@ def cloudevent(
     return body
 
 
-def test_database_url() -> str:
-    """The URL of the database the test run is using, for subprocesses."""
-    s = connection.settings_dict
+def test_database_url(using: str = "default") -> str:
+    """The URL of the test database behind alias ``using``, for subprocesses."""
+    s = connections[using].settings_dict
     user = s.get("USER") or "postgres"
     auth = f"{user}:{s['PASSWORD']}" if s.get("PASSWORD") else user
     return f"postgres://{auth}@{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
@@ -224,3 +228,41 @@ def read_queue(broker_url: str, queue: kombu.Queue, *, idle: float = 1.0) -> lis
                 conn.drain_events(timeout=idle)
             except TimeoutError:
                 return got
+
+
+class Sender:
+    """Publishes raw AMQP messages to the test's exchange or straight to its queue."""
+
+    def __init__(self, names):
+        self.names = names
+        url = kombu.Connection(os.environ["CELERY_BROKER_URL"])  # its vhost: the workers'
+        self.conn = amqp.Connection(
+            f"{url.hostname or '127.0.0.1'}:{url.port or 5672}",
+            userid=url.userid or "guest",
+            password=url.password or "guest",
+            virtual_host=url.virtual_host or "/",
+        )
+        self.conn.connect()
+        self.channel = self.conn.channel()
+
+    def event(self, topic, data, *, id=None, key=None, sequence=None):
+        body = cloudevent(topic, data, id=id, key=key, sequence=sequence)
+        self.raw(
+            json.dumps(body).encode(),
+            content_type=CONTENT_TYPE,
+            message_id=body["id"],
+            type=topic,
+            routing_key=topic,
+        )
+        return body["id"]
+
+    def raw(self, body, *, routing_key=None, to_queue=False, **properties):
+        exchange = "" if to_queue else self.names.exchange
+        self.channel.basic_publish(
+            amqp.Message(body, delivery_mode=2, **properties),
+            exchange=exchange,
+            routing_key=self.names.queue if to_queue else routing_key,
+        )
+
+    def close(self):
+        self.conn.close()

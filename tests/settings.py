@@ -43,6 +43,15 @@ if os.environ.get("DATABASE_DIRECT_URL"):
     # Host and port only: the database name is the test database's, from DATABASES.
     INBOX_OUTBOX["RELAY_LISTEN_DSN"] = f"host={_server['host']} port={_server['port']}"
 
+#: A second producing service's own database, for the fault suite's two-producer scenario
+#: (tests/faults/test_two_producers.py). pytest-django creates a test database only for the
+#: aliases some collected test asks for, so the rest of the suite never pays for it.
+OTHER_SERVICE = "other_service"
+DATABASES[OTHER_SERVICE] = {
+    **DATABASES["default"],
+    "NAME": f"{DATABASES['default']['NAME']}_{OTHER_SERVICE}",
+}
+
 # Subprocesses started by the tests take overrides as INBOX_OUTBOX_<KEY>=<JSON value>.
 import json  # noqa: E402
 

@@ -30,7 +30,7 @@ def system(processes):
 def test_a_backlog_larger_than_any_claim_with_a_blocked_key_at_its_head_lets_other_keys_flow(
     system, names, broker_url
 ):
-    """11. 3,000 messages of key ``hot`` committed first, their head in backoff for an hour;
+    """12. 3,000 messages of key ``hot`` committed first, their head in backoff for an hour;
     then 2,000 transactions over 40 other keys. The other keys are all handled while ``hot``
     waits; once its head is due, ``hot`` drains in order and the books balance."""
     with transaction.atomic():

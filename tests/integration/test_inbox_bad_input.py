@@ -62,6 +62,8 @@ HOSTILE = {
     "integer_of_5000_digits": raw_event("1" * 5000),
     "header_list_with_non_utf8_bytes": delivery(event_body(), headers={"h": [b"\xff\xfe"]}),
     "id_of_201_characters": delivery(event_body(id="x" * 201)),
+    "body_not_utf8": delivery(b'\xff\xfe{"specversion": "1.0"}'),
+    "body_not_json": delivery(b"this is not JSON at all"),
 }
 
 
@@ -121,6 +123,8 @@ def test_the_reasons_say_what_was_wrong(names):
         "integer_of_5000_digits": "digits",
         "header_list_with_non_utf8_bytes": "not UTF-8",
         "id_of_201_characters": "over the limit of 200",
+        "body_not_utf8": "not UTF-8",
+        "body_not_json": "not JSON",
     }
     for name, phrase in expected.items():
         process_delivery(*HOSTILE[name])

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from inbox.models import InboxMessage
 from inbox_outbox.cloudevents import CONTENT_TYPE
-from tests.conftest import wait_until
-from tests.integration.test_workers import Sender, start_workers
+from tests.conftest import Sender, wait_until
+from tests.integration.test_workers import start_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

@@ -11,8 +11,10 @@ import amqp
 import kombu
 import pytest
 from amqp import spec
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import OperationalError
+from django.urls import reverse
 
 from inbox import consumer, topology
 from inbox.consumer import QueueConsumer
@@ -189,7 +191,7 @@ def test_a_database_outage_longer_than_the_delivery_limit_holds_the_deliveries_a
 
     worker = QueueConsumer(broker_url)
     try:
-        assert worker.drain(idle_timeout=1.0) == 3
+        assert worker.drain(idle_timeout=3.0) == 3
     finally:
         worker.close()
     assert outage["left"] == 0
@@ -223,7 +225,7 @@ def test_a_delivery_given_back_after_the_hold_goes_back_with_nack_not_reject(
     monkeypatch.setattr(amqp.Channel, "send_method", spy)
     worker = QueueConsumer(broker_url)
     try:
-        worker.drain(idle_timeout=0.3)
+        worker.drain(idle_timeout=2.0)
     finally:
         worker.close()
     assert spec.Basic.Nack in sent
@@ -245,7 +247,7 @@ def test_the_brokers_delivery_count_lands_in_the_inbox_row_and_the_message(
     nack(amqp_channel, get(amqp_channel, quorum.queue))  # one earlier delivery, given back
     worker = QueueConsumer(broker_url)
     try:
-        assert worker.drain(idle_timeout=0.5) == 1
+        assert worker.drain(idle_timeout=3.0) == 1
     finally:
         worker.close()
     rows = InboxMessage.objects.filter(message_id=message_id)
@@ -254,8 +256,8 @@ def test_the_brokers_delivery_count_lands_in_the_inbox_row_and_the_message(
     assert {_row_message(row, 2).delivery_count for row in rows} == {1}
 
 
-def test_dead_letters_are_counted_by_inbox_status_and_moved_back_by_the_command(
-    quorum, broker_url, amqp_channel, capsys
+def test_dead_letters_are_counted_by_inbox_status_and_the_admin_and_moved_back_by_the_command(
+    quorum, broker_url, amqp_channel, capsys, client
 ):
     declare_topology(broker_url)
     dead = f"{quorum.queue}.dead-letter"
@@ -264,6 +266,10 @@ def test_dead_letters_are_counted_by_inbox_status_and_moved_back_by_the_command(
 
     call_command("inbox_status", "--json")
     assert json.loads(capsys.readouterr().out)["dead_letters"] == 1
+    User.objects.create_superuser("op", "op@example.com", "pw")
+    client.force_login(User.objects.get(username="op"))
+    page = client.get(reverse("admin:inbox_inboxmessage_changelist"))
+    assert "dead-letter queue: <strong>1</strong>" in page.text
 
     call_command("inbox_dead_letters", "--requeue")
     out = capsys.readouterr().out
@@ -272,7 +278,7 @@ def test_dead_letters_are_counted_by_inbox_status_and_moved_back_by_the_command(
 
     worker = QueueConsumer(broker_url)
     try:
-        assert worker.drain(idle_timeout=0.5) == 1
+        assert worker.drain(idle_timeout=3.0) == 1
     finally:
         worker.close()
     assert (

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from outbox import publish
 from outbox.models import OutboxMessage
+from outbox.operations import new_epoch
 from outbox.publisher import BatchResult, Publisher
 from outbox.relay import Relay
 from tests.conftest import read_queue
@@ -175,3 +176,78 @@ def test_leases_are_written_on_the_database_clock(names):
     lease = relay.keeper.lease_seconds
     assert dt.timedelta(seconds=lease - 2) < remaining <= dt.timedelta(seconds=lease)
     relay.close()
+
+
+def two_epochs(key: str = "k", *, old: int = 5, sent: int = 2, new: int = 3) -> tuple[list, list]:
+    """``old`` messages of ``key`` in one epoch, the first ``sent`` of them confirmed, then
+    ``new`` in a later epoch (the counter restarted by ``outbox_new_epoch``, as after a
+    restore): the older epoch's unsent sequences (3, 4, 5) are above the newer's (1, 2, 3), so
+    a head chosen by sequence alone would be the newer epoch's."""
+    with transaction.atomic():
+        before = [publish("t", {"n": n}, key=key) for n in range(old)]
+    OutboxMessage.objects.filter(id__in=[m.id for m in before[:sent]]).update(
+        status="sent", sent_at=timezone.now()
+    )
+    new_epoch()
+    with transaction.atomic():
+        after = [publish("t", {"n": n}, key=key) for n in range(new)]
+    assert before[0].epoch < after[0].epoch
+    return before[sent:], after
+
+
+def test_a_keys_head_is_the_oldest_epochs_lowest_unsent_sequence(names):
+    before, after = two_epochs()
+    publisher = Records()
+    relay = Relay(publisher=publisher, batch_size=10)
+    relay.run_once()
+    relay._finish()
+    assert [m.id for m in publisher.sent] == [m.id for m in before]
+    relay.drain()
+    relay.close()
+    assert [m.id for m in publisher.sent] == [m.id for m in before + after]
+
+
+@pytest.mark.parametrize("blocked", [0, 1], ids=["head", "second"])
+def test_an_older_epochs_row_in_backoff_holds_back_the_newer_epoch(names, blocked):
+    before, after = two_epochs()
+    hold_in_backoff(before[blocked].id)
+    publisher = Records()
+    relay = Relay(publisher=publisher, batch_size=10)
+    relay.drain()
+    assert [m.id for m in publisher.sent] == [m.id for m in before[:blocked]]
+    OutboxMessage.objects.filter(id=before[blocked].id).update(available_at=timezone.now())
+    relay.drain()
+    relay.close()
+    assert [m.id for m in publisher.sent] == [m.id for m in before + after]
+
+
+def test_an_older_epochs_head_leased_elsewhere_holds_back_the_newer_epoch(names):
+    before, after = two_epochs()
+    OutboxMessage.objects.filter(id=before[0].id).update(
+        lease_owner="elsewhere", lease_until=timezone.now() + dt.timedelta(minutes=1)
+    )
+    publisher = Records()
+    relay = Relay(publisher=publisher, batch_size=10)
+    relay.drain()
+    assert publisher.sent == []
+    OutboxMessage.objects.filter(id=before[0].id).update(lease_until=timezone.now())
+    relay.drain()
+    relay.close()
+    assert [m.id for m in publisher.sent] == [m.id for m in before + after]
+
+
+def test_a_batch_sends_each_keys_rows_in_epoch_then_sequence_order(names):
+    two_epochs(key="a")
+    two_epochs(key="b", old=3, sent=0, new=6)
+    publisher = Records()
+    relay = Relay(publisher=publisher, batch_size=50)
+    relay.drain()
+    relay.close()
+    assert len(publisher.sent) == 3 + 3 + 3 + 6
+    for batch in publisher.batches:
+        for key in "ab":
+            positions = [(m.epoch, m.sequence) for m in batch if m.key == key]
+            assert positions == sorted(positions)
+    for key in "ab":
+        positions = [(m.epoch, m.sequence) for m in publisher.sent if m.key == key]
+        assert positions == sorted(positions)

@@ -7,7 +7,6 @@ import subprocess
 import time
 import uuid
 
-import amqp
 import kombu
 import pytest
 from django.db import transaction
@@ -16,7 +15,7 @@ from inbox.models import InboxMessage
 from inbox_outbox.cloudevents import CONTENT_TYPE
 from outbox import publish
 from outbox.models import OutboxMessage
-from tests.conftest import cloudevent, wait_until
+from tests.conftest import Sender, wait_until
 from tests.testapp.models import Account, Effect
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -38,44 +37,6 @@ def start_workers(processes, broker_url, names, count=1, **env):
         message=f"{count} worker(s) consuming {names.queue}",
     )
     return workers
-
-
-class Sender:
-    """Publishes raw AMQP messages to the test's exchange or straight to its queue."""
-
-    def __init__(self, names):
-        self.names = names
-        url = kombu.Connection(os.environ["CELERY_BROKER_URL"])  # its vhost: the workers'
-        self.conn = amqp.Connection(
-            f"{url.hostname or '127.0.0.1'}:{url.port or 5672}",
-            userid=url.userid or "guest",
-            password=url.password or "guest",
-            virtual_host=url.virtual_host or "/",
-        )
-        self.conn.connect()
-        self.channel = self.conn.channel()
-
-    def event(self, topic, data, *, id=None, key=None, sequence=None):
-        body = cloudevent(topic, data, id=id, key=key, sequence=sequence)
-        self.raw(
-            json.dumps(body).encode(),
-            content_type=CONTENT_TYPE,
-            message_id=body["id"],
-            type=topic,
-            routing_key=topic,
-        )
-        return body["id"]
-
-    def raw(self, body, *, routing_key=None, to_queue=False, **properties):
-        exchange = "" if to_queue else self.names.exchange
-        self.channel.basic_publish(
-            amqp.Message(body, delivery_mode=2, **properties),
-            exchange=exchange,
-            routing_key=self.names.queue if to_queue else routing_key,
-        )
-
-    def close(self):
-        self.conn.close()
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ def record_effect(message: Message) -> None:
     Effect.objects.create(
         consumer="effect",
         message_id=message.id,
+        source=message.source,
         key=message.key,
         sequence=message.sequence,
         epoch=message.epoch,

@@ -8,6 +8,7 @@ class Effect(models.Model):
 
     consumer = models.CharField(max_length=200)
     message_id = models.CharField(max_length=64)
+    source = models.CharField(max_length=255, default="")  # the producing service
     key = models.CharField(max_length=255, null=True)
     sequence = models.BigIntegerField(null=True)
     epoch = models.BigIntegerField(default=0)

@@ -1,6 +1,5 @@
 """``manage.py inbox_status``: what the inbox holds, for people and (``--json``) scripts."""
 
-import logging
 from typing import Any
 
 from django.core.management.base import BaseCommand
@@ -12,8 +11,6 @@ from inbox_outbox.commandkit import (
     check_thresholds,
     write_status,
 )
-
-logger = logging.getLogger(__name__)
 
 THRESHOLDS: list[Threshold] = [
     ("--max-dead", "inbox_dead_messages", "Most dead messages allowed (all topics)."),
@@ -42,17 +39,5 @@ class Command(BaseCommand):
             check_thresholds(self, gauges.readings(), THRESHOLDS, options)
             return
         report = operations.status()
-        report["dead_letters"] = _dead_letters()
+        report["dead_letters"] = topology.dead_letters_shown()
         write_status(self, report, as_json=options["json"], groups=("consumers", "topics"))
-
-
-def _dead_letters() -> int | str | None:
-    """The dead-letter queue's depth; None for classic queues (there is none)."""
-    try:
-        found = topology.dead_letters()
-    except Exception as exc:  # the broker is down: the database's counts still help
-        logger.debug("inbox_status: dead-letter queue not readable", exc_info=True)
-        return f"unknown (broker unavailable: {exc})"
-    if found.queue is None:
-        return None
-    return "not declared yet" if found.depth is None else found.depth
