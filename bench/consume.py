@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/consume.py [--messages 50000] [--workers 1] [--io-messages 2000]
         [--skip throughput|io|latency] [--profile FILE]
+    .venv/bin/python bench/consume.py --tracing [--messages 20000]: throughput off vs on
 
 1. Throughput: N CloudEvents messages wait in the service queue; W Celery worker processes
    (`celery -A project worker --pool solo`, the inbox consumer step) handle them, one
@@ -42,6 +43,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--io-messages", type=int, default=2_000)
     parser.add_argument("--io-keys", type=int, default=200)
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="only throughput, with tracing off and on (the SDK, in-memory exporter, in workers)",
+    )
     parser.add_argument("--latency-messages", type=int, default=1_000)
     parser.add_argument("--latency-rate", type=float, default=200.0, help="transactions per second")
     parser.add_argument(
@@ -78,6 +84,13 @@ def main() -> None:
         "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
     try:
+        if args.tracing:
+            off = bench_workers(args.messages, args.workers, env)
+            on = bench_workers(args.messages, args.workers, {**env, "BENCH_TRACING": "1"})
+            print(f"consumer, tracing off: {off:,.0f} msg/s ({args.workers} workers)")
+            print(f"consumer, tracing on:  {on:,.0f} msg/s (SDK, in-memory exporter, traceparents)")
+            print(f"ratio:     {on / off:.2f}x (target >= 0.90)")
+            return
         if args.profile:
             ours = bench_workers(args.messages, 1, env, profile=args.profile)
             print(f"consumer:  {ours:,.0f} msg/s under py-spy; samples in {args.profile}")
@@ -249,7 +262,7 @@ def _sample(pid: int, path: str) -> subprocess.Popen:
     )
 
 
-def _fill(count: int, *, topic: str, keys: int = 0) -> None:
+def _fill(count: int, *, topic: str, keys: int = 0, traced: bool = False) -> None:
     """Put ``count`` CloudEvents of ``topic`` in the service queue (not timed), and wait until
     the queue holds them all. With ``keys``, message i has key ``k<i mod keys>`` and the next
     sequence of that key, as the relay would publish them."""
@@ -279,7 +292,12 @@ def _fill(count: int, *, topic: str, keys: int = 0) -> None:
                 epoch=1 if keys else None,
                 voids=None,
                 payload_json=f'{{"n":{i}}}',
-                headers={},
+                # Traced workers get what a traced producer sends: a creation context.
+                headers=(
+                    {"traceparent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"}
+                    if traced
+                    else {}
+                ),
                 created_at=now,
                 expires_at=None,
             )
@@ -305,7 +323,7 @@ def bench_workers(
     from tests.testapp.models import Effect
 
     _reset()
-    _fill(count, topic="bench.consume")
+    _fill(count, topic="bench.consume", traced=bool(env.get("BENCH_TRACING")))
     procs = _start_workers(workers, env)
     sampler = _sample(procs[0].pid, profile) if profile else None
     try:

@@ -1,6 +1,7 @@
 """Relay throughput and publish() cost, each against a baseline measured in the same run.
 
     .venv/bin/python bench/relay.py [--messages 100000] [--transactions 9000] [--breakdown]
+    .venv/bin/python bench/relay.py --tracing [--messages 20000]
 
 1. Relay: drain a backlog of N outbox rows to RabbitMQ (confirmed, routed to a queue), against
    a bare baseline that publishes the same bodies with py-amqp and a window of publisher
@@ -8,6 +9,8 @@
 2. publish(): a one-row business transaction through the ORM, with and without publish(),
    and with the same outbox row inserted by a plain hand-written INSERT (what an outbox
    without prepared statements or deferred rows pays).
+
+``--tracing`` runs only part 1, with tracing off and on, and prints the ratio.
 
 ``--breakdown`` runs only part 2, splitting publish()'s cost into its Python, the extra
 statement in the commit's round trip, and the row itself.
@@ -55,6 +58,11 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=300, help="--claim: claims timed per case")
     parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="only the relay, with tracing off and on (OpenTelemetry's SDK, in-memory exporter)",
+    )
+    parser.add_argument(
         "--breakdown",
         action="store_true",
         help="only the publish() part, with two more variants that show where its cost goes",
@@ -69,6 +77,9 @@ def main() -> None:
     if args.breakdown:
         breakdown(args.transactions)
         return
+    if args.tracing:
+        bench_tracing(args.messages, args.keys)
+        return
 
     relay_rate, base_rate = bench_relay(args.messages, args.keys)
     print(f"relay:     {relay_rate:,.0f} msg/s for a {args.messages:,}-message backlog")
@@ -81,6 +92,51 @@ def main() -> None:
     print(f"  with the same row by a plain INSERT:   {tx['raw_sql']:,.0f} tx/s")
     print(f"ratio:     {tx['publish'] / tx['without']:.3f}x (target >= 0.74)")
     print(f"plain:     {tx['raw_sql'] / tx['without']:.3f}x for the hand-written INSERT")
+
+
+def _forget(exporter):  # type: ignore[no-untyped-def]
+    def forget() -> None:
+        import gc
+
+        exporter.clear()
+        gc.collect()
+
+    return forget
+
+
+def bench_tracing(count: int, keys: int) -> None:
+    """The relay's throughput with tracing off (OpenTelemetry's API without an SDK: no-op
+    spans, no context stored) and on (the SDK recording every span into memory; the backlog
+    published under it, so every message carries a traceparent the send span links to). A
+    third variant carries the same traceparent without the SDK: what the context costs on the
+    wire (its bytes, in the body and the AMQP headers), apart from the spans."""
+    from tests import spans
+
+    carried = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    # Alternated, best of two each: the first run also warms the database's caches.
+    rates: dict[str, list[float]] = {"off": [], "carried": [], "on": []}
+    sends = []
+    for _ in range(2):
+        spans.uninstall()
+        rates["off"].append(bench_relay(count, keys)[0])
+        rates["carried"].append(bench_relay(count, keys, headers=carried)[0])
+        exporter = spans.in_memory()
+        # The create spans of the fill stay out of the relay's measurement: a relay process
+        # holds only its own spans (thousands of finished spans alive slow Python's GC).
+        rates["on"].append(bench_relay(count, keys, before_drain=_forget(exporter))[0])
+        sends = [s for s in exporter.get_finished_spans() if s.name.startswith("send")]
+        spans.uninstall()
+    off, carried_rate, on = (max(rates[k]) for k in ("off", "carried", "on"))
+    print(f"relay, tracing off: {off:,.0f} msg/s ({count:,} messages; runs {rates['off']})")
+    print(
+        f"relay, traceparent carried, no SDK: {carried_rate:,.0f} msg/s "
+        f"({carried_rate / off:.2f}x of off; runs {rates['carried']})"
+    )
+    print(
+        f"relay, tracing on:  {on:,.0f} msg/s ({len(sends)} send spans, SDK, in-memory "
+        f"exporter; runs {rates['on']})"
+    )
+    print(f"ratio:     {on / off:.2f}x (target >= 0.90); the spans alone {on / carried_rate:.2f}x")
 
 
 def _messages(count: int) -> list[tuple[bytes, dict]]:
@@ -108,7 +164,7 @@ def _messages(count: int) -> list[tuple[bytes, dict]]:
     return [(encode(m, source="bench"), amqp_properties(m, now=now)) for m in outgoing]
 
 
-def bench_relay(count: int, keys: int) -> tuple[float, float]:
+def bench_relay(count: int, keys: int, before_drain=None, headers=None) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     import amqp
     import kombu
     from django.conf import settings
@@ -147,10 +203,13 @@ def bench_relay(count: int, keys: int) -> tuple[float, float]:
                     "bench.event",
                     {"n": i, "text": f"payload {i}"},
                     key=f"k{i % keys}" if keys else None,
+                    headers=headers,
                 )
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE outbox_message")
 
+    if before_drain is not None:
+        before_drain()
     relay = Relay()
     started = time.perf_counter()
     settled = relay.drain()

@@ -216,13 +216,17 @@ class Sweeper:
     def _run(self) -> None:
         from django.db import connections
 
+        from inbox_outbox import health
+
         from .processing import retry_due
 
         try:
             while not self._stop.wait(self.interval):
                 try:
                     retry_due()
-                except Exception:  # a database hiccup: the next sweep tries again
+                    health.beat("inbox-sweep")
+                except Exception as exc:  # a database hiccup: the next sweep tries again
+                    health.beat("inbox-sweep", ok=False, error=f"database: {exc}")
                     logger.warning("inbox: retry sweep failed", exc_info=True)
                     connections.close_all()
         finally:

@@ -30,6 +30,7 @@ from django.db import connections, router, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
 
+from inbox_outbox import tracing
 from inbox_outbox.backoff import backoff_seconds
 from inbox_outbox.conf import get_settings
 from inbox_outbox.faults import blames_content
@@ -43,6 +44,7 @@ from inbox_outbox.limits import (
     storable_text,
     storage_key,
 )
+from inbox_outbox.logfields import fields
 
 from . import ordering, sql
 from .envelope import Envelope, Order, broker_delivery_count, parse, raw_bytes, storable
@@ -123,7 +125,21 @@ def _insert(alias: str, row: NewRow) -> bool:
     connection = connections[alias]
     with connection.cursor() as cursor:
         cursor.execute(sql.insert_row_unless_seen(connection.vendor), _params(row))
-        return cursor.fetchone() is not None
+        inserted = cursor.fetchone() is not None
+    if not inserted:
+        _log_duplicate(row)
+    return inserted
+
+
+def _log_duplicate(row: NewRow) -> None:
+    logger.debug(
+        "inbox: %s already has message %s (a duplicate)",
+        row.consumer,
+        row.message_id,
+        extra=fields(
+            message_id=row.message_id, topic=row.topic, key=row.key, consumer=row.consumer
+        ),
+    )
 
 
 def _insert_all(alias: str, rows: list[NewRow]) -> set[tuple[str, str]]:
@@ -140,6 +156,10 @@ def _insert_all(alias: str, rows: list[NewRow]) -> set[tuple[str, str]]:
             params = [value for row in chunk for value in _params(row)]
             cursor.execute(sql.insert_rows_unless_seen(connection.vendor, len(chunk)), params)
             inserted.update((consumer, message_id) for consumer, message_id in cursor.fetchall())
+    if logger.isEnabledFor(logging.DEBUG):
+        for row in ordered:
+            if (row.consumer, row.message_id) not in inserted:
+                _log_duplicate(row)
     return inserted
 
 
@@ -194,6 +214,7 @@ def _message(env: Envelope, attempt: int) -> Message:
     )
 
 
+@tracing.fails
 def _failure(handler: Handler, exc: Exception, attempt: int) -> tuple[str, float | None]:
     """The status after ``attempt`` failed with ``exc``, and in how many seconds to retry."""
     conf = get_settings()
@@ -265,6 +286,7 @@ def _process(alias: str, delivery: Delivery) -> dict[str, Outcome]:
                 "inbox: no handler for topic %r; message %s ignored by policy",
                 envelope.topic,
                 envelope.id,
+                extra=fields(message_id=envelope.id, topic=envelope.topic, key=envelope.key),
             )
             return {conf.service: Outcome.IGNORED}
         reason = f"no handler for topic {envelope.topic!r} in service {conf.service!r}"
@@ -274,10 +296,16 @@ def _process(alias: str, delivery: Delivery) -> dict[str, Outcome]:
     return {h.consumer: handle(h, envelope, raw, using=alias) for h in handlers}
 
 
+@tracing.rejects
 def _reject(alias: str, delivery: Delivery, reason: str, envelope: Envelope | None = None) -> None:
     """Store ``delivery`` as rejected, under the service's own consumer name."""
     row = _rejection(delivery, reason, envelope)
-    logger.warning("inbox: rejected message %s (%s)", printable(row.message_id), reason)
+    logger.warning(
+        "inbox: rejected message %s (%s)",
+        printable(row.message_id),
+        reason,
+        extra=fields(message_id=row.message_id, topic=row.topic, key=row.key),
+    )
     with transaction.atomic(using=alias):
         _insert(alias, row)
 
@@ -340,6 +368,7 @@ def _event_id(raw: bytes) -> str | None:
         return None
 
 
+@tracing.handles
 def handle(
     handler: Handler, env: Envelope, raw: bytes | None = None, *, using: str | None = None
 ) -> Outcome:
@@ -368,6 +397,7 @@ _HELD = {
 }
 
 
+@tracing.handles_in_batch
 def _handle_in_transaction(
     alias: str,
     handler: Handler,
@@ -418,6 +448,7 @@ def _stale_reason(last: Position, stream: Stream, position: Position) -> str:
     )
 
 
+@tracing.handles_batch
 def process_batch(deliveries: list[Delivery], *, using: str | None = None) -> None:
     """Handle several deliveries in one transaction: one commit instead of one each.
 
@@ -497,7 +528,16 @@ def _record_failure(
     status, next_at = _failure(handler, exc, 1)
     error, trace = _describe(exc)
     log = logger.error if status == Status.DEAD else logger.warning
-    log("inbox: %s failed on %s %s (attempt 1): %s", handler.consumer, env.topic, env.id, error)
+    log(
+        "inbox: %s failed on %s %s (attempt 1): %s",
+        handler.consumer,
+        env.topic,
+        env.id,
+        error,
+        extra=fields(
+            message_id=env.id, topic=env.topic, key=env.key, consumer=handler.consumer, attempt=1
+        ),
+    )
     row = NewRow.of(
         env,
         consumer=handler.consumer,
@@ -540,6 +580,7 @@ def _row_message(row: InboxMessage, attempt: int) -> Message:
     )
 
 
+@tracing.handles_stored
 def _run_stored(alias: str, handler: Handler, row: InboxMessage) -> Outcome:
     """Run a stored (waiting or failed) row's handler inside the caller's transaction.
 
@@ -566,7 +607,22 @@ def _run_stored(alias: str, handler: Handler, row: InboxMessage) -> Outcome:
             using=alias,
             update_fields=["status", "attempts", "next_attempt_at", "last_error", "traceback"],
         )
+        about = fields(
+            message_id=row.message_id,
+            topic=row.topic,
+            key=row.key,
+            consumer=handler.consumer,
+            attempt=attempt,
+        )
         if status != Status.DEAD:
+            logger.warning(
+                "inbox: %s failed on %s again (attempt %d): %s",
+                handler.consumer,
+                row.message_id,
+                attempt,
+                row.last_error,
+                extra=about,
+            )
             return Outcome.FAILED
         logger.error(
             "inbox: %s gave up on %s after %d attempts: %s",
@@ -574,6 +630,7 @@ def _run_stored(alias: str, handler: Handler, row: InboxMessage) -> Outcome:
             row.message_id,
             attempt,
             row.last_error,
+            extra=about,
         )
         outcome = Outcome.DEAD
     else:
@@ -645,6 +702,12 @@ def drain_stream(
                     last.sequence,
                     position.epoch,
                     position.sequence,
+                    extra=fields(
+                        message_id=row.message_id,
+                        topic=stream.topic,
+                        key=stream.key,
+                        consumer=stream.consumer,
+                    ),
                 )
             outcome = _run_stored(alias, handler, row)
         settled += 1

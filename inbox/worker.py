@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import kombu
 from celery import bootsteps
 
+from inbox_outbox import endpoint
 from inbox_outbox.conf import get_settings
 
 from . import topology
@@ -68,6 +69,7 @@ class InboxConsumerStep(bootsteps.ConsumerStep):
             # Every consuming worker retries due failures and unblocks keys itself, so
             # recovery after a crash does not depend on celery beat being deployed.
             self.sweeper = Sweeper(conf.inbox_sweep_interval)
+        endpoint.serve()  # TELEMETRY_PORT: /metrics, /live, /ready
 
     def get_consumers(self, channel: StdChannel) -> list[kombu.Consumer]:
         on_message = self.lanes or self.receiver

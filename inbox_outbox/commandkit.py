@@ -165,3 +165,41 @@ def write_status(
             command.stdout.write(
                 f"  {name}: " + "  ".join(f"{k}={v}" for k, v in sorted(per_status.items()))
             )
+
+
+#: ``--check`` thresholds: the option, the gauge it bounds (summed over its labels), and help.
+Threshold = tuple[str, str, str]
+
+
+def add_check_arguments(parser: Any, thresholds: Iterable[Threshold]) -> None:
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="Exit with status 2 when a threshold below is crossed (for cron and monitoring); "
+        "the numbers are the metrics' gauges.",
+    )
+    for option, _, text in thresholds:
+        parser.add_argument(option, type=float, default=None, metavar="N", help=text)
+
+
+def check_thresholds(
+    command: Any, readings: Iterable[Any], thresholds: Iterable[Threshold], options: dict[str, Any]
+) -> None:
+    """Compare the gauges with the limits given; print each; raise when one is crossed."""
+    totals: dict[str, float] = {}
+    for reading in readings:
+        totals[reading.name] = totals.get(reading.name, 0.0) + reading.value
+    crossed = []
+    for option, gauge, _ in thresholds:
+        limit = options.get(option.lstrip("-").replace("-", "_"))
+        if limit is None:
+            continue
+        value = totals.get(gauge, 0.0)
+        over = value > limit
+        command.stdout.write(
+            f"{'CROSSED' if over else 'ok':8} {gauge} = {value:g} (limit {limit:g})"
+        )
+        if over:
+            crossed.append(f"{gauge} {value:g} > {limit:g}")
+    if crossed:
+        raise CommandError("threshold crossed: " + "; ".join(crossed), returncode=2)

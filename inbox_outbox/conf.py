@@ -95,6 +95,11 @@ class Settings:
     # Retention (both apps): None disables the periodic purge.
     retention_days: float | None = None
 
+    # Telemetry (both apps): the relay's and the worker's endpoint, the probe file.
+    telemetry_port: int | None = None
+    health_file: str | None = None
+    health_stale_after: float = 60.0
+
     @property
     def inbox_lane_batch(self) -> int:
         """The most deliveries one lane takes at once: ``INBOX_BATCH_SIZE``, but no more than
@@ -256,6 +261,20 @@ def _retention(value: Any) -> str | None:
     return wrong and f"must be None or a positive number of days, got {_show(value)}"
 
 
+def _optional_port(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65_535:
+        return f"must be None or a TCP port (0-65535; 0 picks a free one), got {_show(value)}"
+    return None
+
+
+def _optional_path(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value and "\0" not in value):
+        return None
+    return f"must be None or a file path, got {_show(value)}"
+
+
 _INTEGER, _NUMBER, _BOOLEAN = "inbox_outbox.E004", "inbox_outbox.E008", "inbox_outbox.E009"
 
 RULES: dict[str, Rule] = {
@@ -297,6 +316,9 @@ RULES: dict[str, Rule] = {
     "inbox_sweep_interval": (_number(zero=True), _NUMBER),
     "dedup_window_days": (_number(zero=True, unit="days"), _NUMBER),
     "retention_days": (_retention, _NUMBER),
+    "telemetry_port": (_optional_port, _INTEGER),
+    "health_file": (_optional_path, "inbox_outbox.E018"),
+    "health_stale_after": (_number(), _NUMBER),
 }
 
 _HINTS = {

@@ -9,11 +9,14 @@ class OutboxConfig(AppConfig):
 
     def ready(self) -> None:
         from inbox_outbox import checks as shared_checks
+        from inbox_outbox import metrics
 
-        from . import checks
+        from . import checks, gauges
 
         shared_checks.register()
         checks.register()
+        metrics.register_gauges("outbox", gauges.readings)
+
         from celery.signals import before_task_publish
 
         from .celery_tasks import warn_direct_send

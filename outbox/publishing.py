@@ -14,6 +14,7 @@ from django.db.models.base import ModelState
 from django.utils import timezone
 from uuid6 import uuid7
 
+from inbox_outbox import tracing
 from inbox_outbox.conf import get_settings
 
 from . import sql, validation
@@ -32,6 +33,7 @@ def _next_sequence(session: Session, vendor: str, topic: str, key: str) -> tuple
     return int(epoch), int(sequence)
 
 
+@tracing.creates
 def publish(
     topic: str,
     payload: Any,

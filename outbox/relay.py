@@ -36,9 +36,11 @@ from django.db.models import (
 )
 from django.db.models.functions import Cast, Now
 
+from inbox_outbox import health, tracing
 from inbox_outbox.backoff import backoff_seconds
 from inbox_outbox.cloudevents import Outgoing
 from inbox_outbox.conf import broker_url, get_settings
+from inbox_outbox.logfields import fields
 
 from . import scheduling, sql, voids
 from .exceptions import BrokerUnavailable
@@ -199,6 +201,7 @@ class Relay:
             source=conf.service,
             confirm_timeout=conf.relay_confirm_timeout,
         )
+        self.publisher = tracing.observed(self.publisher)  # send spans, relay metrics
         self.stats: dict[str, int] = defaultdict(int)
         self._in_flight: list[Outgoing] | None = None
         self._cursor = START  # the claim's walk over the keys goes on after this one
@@ -478,7 +481,22 @@ class Relay:
             if dead:
                 voids.announce([mid], using=self.using)
         if dead:
-            logger.error("outbox: message %s is dead after %d attempts: %s", mid, attempts, error)
+            logger.error(
+                "outbox: message %s is dead after %d attempts: %s",
+                mid,
+                attempts,
+                error,
+                extra=fields(message_id=mid, attempt=attempts),
+            )
+        else:
+            logger.warning(
+                "outbox: message %s failed (attempt %d), retrying in %.0fs: %s",
+                mid,
+                attempts,
+                delay,
+                error,
+                extra=fields(message_id=mid, attempt=attempts),
+            )
 
     # -- loops ----------------------------------------------------------------------
     def drain(self, *, max_batches: int | None = None, linger: bool = False) -> int:
@@ -519,7 +537,9 @@ class Relay:
                         listener = self._listen()
                     settled = self.run_once()
                     outage = 0
+                    health.beat("relay")
                 except BrokerUnavailable as exc:
+                    health.beat("relay", ok=False, error=f"broker: {exc}")
                     outage += 1
                     delay = backoff_seconds(outage, 0.5, 15.0)
                     logger.warning(
@@ -528,6 +548,7 @@ class Relay:
                     stop.wait(delay)
                     continue
                 except DatabaseError as exc:
+                    health.beat("relay", ok=False, error=f"database: {exc}")
                     outage += 1
                     delay = backoff_seconds(outage, 0.5, 15.0)
                     logger.warning(

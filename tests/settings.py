@@ -83,3 +83,9 @@ if os.environ.get("CLOCK_SKEW_SECONDS"):
     _skew = _dt.timedelta(seconds=float(os.environ["CLOCK_SKEW_SECONDS"]))
     _real_now = _timezone.now
     _timezone.now = lambda: _real_now() + _skew
+
+# A subprocess under test records its spans with OpenTelemetry's SDK into a file the test reads.
+if os.environ.get("TEST_SPANS_FILE"):
+    from tests.spans import to_file
+
+    to_file(os.environ["TEST_SPANS_FILE"])

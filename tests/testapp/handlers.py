@@ -59,3 +59,12 @@ def transfer(message: Message) -> None:
 @handler("test.fuzz", name="fuzz")
 def fuzz(message: Message) -> None:
     """The property tests' consumer: its inbox row is the whole proof that it ran."""
+
+
+@handler("test.traced", name="traced")
+def traced(message: Message) -> None:
+    """Does its work in a span of its own, which must nest in the inbox's process span."""
+    from opentelemetry import trace  # only the tracing tests send this topic
+
+    with trace.get_tracer("tests.testapp").start_as_current_span("handler work"):
+        Effect.objects.create(consumer="traced", message_id=message.id)

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from inbox_outbox import endpoint
 from outbox.exceptions import BrokerUnavailable
 from outbox.relay import Relay
 
@@ -60,5 +61,6 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, _stop)
         self.stdout.write(f"outbox relay {relay.owner} running; SIGTERM or Ctrl-C stops it.")
         self.stdout.flush()
+        endpoint.serve()  # TELEMETRY_PORT: /metrics, /live, /ready
         relay.run(stop)
         self.stdout.write(f"outbox relay stopped: {dict(relay.stats)}")

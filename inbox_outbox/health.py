@@ -1,0 +1,74 @@
+"""Liveness and readiness of the long-running loops (the relay, the worker's inbox sweep),
+the way Kubernetes probes read them.
+
+Each loop reports a *beat* per turn: healthy when its turn reached the database and the
+broker, unhealthy with the error when it could not. A process is **live** while every loop
+that ever beat has beaten within ``HEALTH_STALE_AFTER`` seconds (a loop stuck in a call stops
+beating), and **ready** while it is live and every loop's last beat was healthy. Both are
+served at ``/live`` and ``/ready`` on ``TELEMETRY_PORT`` (:mod:`inbox_outbox.endpoint`), and
+``HEALTH_FILE``, when set, is touched at every healthy beat, for an exec probe that checks
+its age.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from .conf import get_settings
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """A loop's last report: when (monotonic seconds), whether healthy, and why not."""
+
+    at: float
+    ok: bool
+    error: str = ""
+
+
+_beats: dict[str, Beat] = {}
+_lock = threading.Lock()
+
+
+def beat(loop: str, *, ok: bool = True, error: str = "") -> None:
+    """Report one turn of ``loop``: healthy, or not with ``error``."""
+    with _lock:
+        _beats[loop] = Beat(time.monotonic(), ok, error[:500])
+    path = get_settings().health_file
+    if ok and path:
+        try:
+            with open(path, "a"):
+                os.utime(path)
+        except OSError:  # an unwritable probe file must not stop the loop
+            pass
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    live: bool
+    ready: bool
+    #: Per loop: seconds since its last beat, and its error when unhealthy.
+    loops: dict[str, dict[str, object]]
+
+
+def health() -> Health:
+    """This process's liveness and readiness, from its loops' last beats."""
+    stale_after = get_settings().health_stale_after
+    now = time.monotonic()
+    with _lock:
+        beats = dict(_beats)
+    loops = {
+        name: {"age_seconds": round(now - b.at, 3), "ok": b.ok, "error": b.error}
+        for name, b in beats.items()
+    }
+    live = all(now - b.at <= stale_after for b in beats.values())
+    return Health(live=live, ready=live and all(b.ok for b in beats.values()), loops=loops)
+
+
+def reset() -> None:
+    """Forget every loop (tests)."""
+    with _lock:
+        _beats.clear()
