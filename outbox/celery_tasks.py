@@ -50,9 +50,10 @@ def send_task(
     """Send Celery task ``name`` once the surrounding transaction commits (never if it rolls
     back), through the outbox; return its ``AsyncResult``.
 
-    ``queue`` is the Celery queue (by default the one Celery's routing picks for ``name``);
-    ``countdown``/``eta`` and ``expires`` mean what they mean to Celery, and an unsent task
-    row also expires at ``expires``. Arguments must be JSON.
+    ``queue`` is the Celery queue (by default the one Celery's routing picks for ``name``).
+    ``countdown``/``eta`` are delayed delivery: the row is sent when due (on the database's
+    clock), so no worker holds an ETA task in memory meanwhile; ``expires`` means what it
+    means to Celery, and an unsent task row also expires then. Arguments must be JSON.
     """
     from .publishing import publish  # models: only once the app registry is ready
 
@@ -68,25 +69,32 @@ def send_task(
         name,
         args=args,
         kwargs=kwargs,
-        countdown=countdown,
-        eta=eta,
-        expires=expires,
+        expires=expires,  # no eta: the outbox holds the task until it is due
     )
     args_list, kwargs_dict, embed = message.body
     publish(
         f"{TASK_TOPIC_PREFIX}{name}",
         [list(args_list), kwargs_dict, embed],
         headers={**message.headers, ROUTE_HEADER: routed["queue"].name},
-        ttl=_seconds_until(expires),
+        ttl=_ttl(expires, countdown=countdown, eta=eta),
+        delay=countdown,
+        deliver_at=eta,
         using=using,
     )
     return AsyncResult(task_id, app=app)
 
 
-def _seconds_until(expires: float | dt.datetime | None) -> float | None:
-    if expires is None or isinstance(expires, int | float):
-        return expires
-    return max(0.001, (expires - dt.datetime.now(dt.UTC)).total_seconds())
+def _ttl(
+    expires: float | dt.datetime | None, *, countdown: float | None, eta: dt.datetime | None
+) -> float | None:
+    """The row's time to live, which counts from its due time, for a task that expires at
+    ``expires`` (seconds from now, or a moment)."""
+    if expires is None:
+        return None
+    now = dt.datetime.now(dt.UTC)
+    left = expires if isinstance(expires, int | float) else (expires - now).total_seconds()
+    until_due = countdown or ((eta - now).total_seconds() if eta is not None else 0.0)
+    return max(0.001, left - max(0.0, until_due))
 
 
 class OutboxTask(celery.Task[Any, Any]):

@@ -6,6 +6,7 @@ and when the worker is killed inside it. A task sent directly inside ``atomic()`
 
 import json
 import logging
+import time
 
 import kombu
 import pytest
@@ -82,13 +83,22 @@ def test_a_committed_task_goes_out_in_celerys_own_protocol(task_queue, broker_ur
     assert (args, kwargs) == (["ann", 5], {}) and "callbacks" in embed
 
 
-def test_an_outbox_task_delay_writes_a_row_only_in_the_transaction(task_queue):
+def test_a_countdown_is_delayed_delivery_held_by_the_outbox_not_the_worker(task_queue, broker_url):
     with transaction.atomic():
-        result = credit_on_commit.apply_async(("bo", 2), queue=task_queue, countdown=1)
+        result = credit_on_commit.apply_async(("bo", 2), queue=task_queue, countdown=1.5)
     row = OutboxMessage.objects.get()
-    assert row.headers["id"] == result.id and row.headers["eta"] is not None
+    assert row.status == "scheduled" and row.headers["id"] == result.id
+    assert row.headers["eta"] is None  # no worker holds it in memory until then
+    assert drain() == 0
+    time.sleep(2)
+    assert drain() == 1
+    assert take(broker_url, task_queue).headers["id"] == result.id
+
+
+def test_options_the_outbox_cannot_carry_are_refused(task_queue):
     with pytest.raises(Exception, match="link"):
         credit_on_commit.apply_async(("bo", 2), link=credit.s())
+    assert not OutboxMessage.objects.exists()
 
 
 def test_a_task_delivered_three_times_and_its_worker_killed_inside_it_runs_once_in_effect(
