@@ -149,7 +149,7 @@ class Producer(threading.Thread):
                     **self.extra,
                     **self.first_payloads.get(n, {}),
                 }
-                publish("test.effect", payload, key=self.key(n), using=using)
+                self.emit(n, payload)
                 if hold:
                     time.sleep(hold)
                 if self.rollback_every and n % self.rollback_every == 0:
@@ -160,6 +160,10 @@ class Producer(threading.Thread):
             self.errors += 1
             for conn in connections.all(initialized_only=True):
                 conn.close()
+
+    def emit(self, n: int, payload: dict[str, Any]) -> None:
+        """What one transaction sends, inside it: by default a ``test.effect`` event."""
+        publish("test.effect", payload, key=self.key(n), using=self.source.using)
 
     def _slow(self, n: int) -> None:
         try:

@@ -7,7 +7,7 @@ from celery import shared_task
 from inbox import exactly_once
 from outbox.celery_tasks import OutboxTask
 
-from .models import Account
+from .models import Account, Effect
 
 
 @shared_task(name="testapp.credit", acks_late=True)
@@ -52,3 +52,10 @@ def _add(account: str, amount: int) -> int:
     row.balance += amount
     row.save(update_fields=["balance"])
     return row.balance
+
+
+@shared_task(name="testapp.order_effect", base=OutboxTask, acks_late=True)
+@exactly_once
+def order_effect(order_id: int) -> None:
+    """Sent through the outbox in the order's transaction; one effect per order, ever."""
+    Effect.objects.create(consumer="task", message_id=str(order_id))
