@@ -17,6 +17,8 @@ import kombu
 import pytest
 from django.db import connection
 
+from tests.cluster import NODES, Cluster, exclusive
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -35,6 +37,29 @@ class Names:
 @pytest.fixture
 def broker_url() -> str:
     return os.environ["CELERY_BROKER_URL"]
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    """The three-node cluster of ``bin/rabbitmq-cluster``, started if it is down."""
+    found = Cluster()
+    found.start()
+    return found
+
+
+@pytest.fixture
+def cluster_nodes(cluster: Cluster) -> Iterator[Cluster]:
+    """The cluster for a test that stops or kills nodes: held alone (tests/cluster.py's
+    lock) and every node up again afterwards."""
+    with exclusive():
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            for node in NODES:
+                with contextlib.suppress(RuntimeError):
+                    cluster.ctl(node, "start_app")  # a node stopped with stop_app
+            cluster.start()
 
 
 @pytest.fixture
