@@ -79,6 +79,7 @@ def names(settings, broker_url: str) -> Iterator[Names]:
             ("exchange", ns.exchange),
             ("queue", dead),
             ("exchange", dead),
+            ("queue", f"celery-{ns.service}"),  # the workers' task queue (Processes.worker)
         ):
             with contextlib.suppress(*conn.channel_errors):
                 getattr(conn.channel(), f"{kind}_delete")(name)
