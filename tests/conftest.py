@@ -57,8 +57,9 @@ def cluster_nodes(cluster: Cluster) -> Iterator[Cluster]:
             yield cluster
         finally:
             for node in NODES:
-                with contextlib.suppress(RuntimeError):
-                    cluster.ctl(node, "start_app")  # a node stopped with stop_app
+                if not cluster.serving(node):
+                    with contextlib.suppress(RuntimeError):
+                        cluster.ctl(node, "start_app")  # a node stopped with stop_app
             cluster.start()
 
 
