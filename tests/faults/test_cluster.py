@@ -8,12 +8,17 @@ order, nothing stuck).
 """
 
 import time
+from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import wait_until
+from inbox import topology
+from inbox_outbox.broker import connect
+from outbox.models import OutboxMessage
+from tests.conftest import test_database_url, wait_until
 from tests.faults.harness import Producer, System, check_books, describe, settle
 from tests.faults.test_scenarios import effects_so_far, wait_consuming
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = [
     pytest.mark.faults,
@@ -111,3 +116,77 @@ def test_a_minority_node_cut_off_while_traffic_flows_then_rejoining(
     settle(producer=producer, timeout=300)
     check_books(minimum=producer.expected)
     assert all(p.poll() is None for p in [*system.relays, *system.workers]), "a process died"
+
+
+def dead_lettered(cluster, names):
+    return int(cluster.queue(f"{names.queue}.dead-letter").get("messages") or 0)
+
+
+def test_the_database_away_longer_than_the_delivery_limit_dead_letters_nothing(
+    system, cluster_nodes, names, broker_url
+):
+    """4. The workers' database is cut off for 15 s with DELIVERY_LIMIT 2 (returning their
+    deliveries every second would pass the limit several times over): the workers hold them
+    unacknowledged, nothing is dead-lettered or lost, and all is handled once afterwards."""
+    cluster = cluster_nodes
+    database = test_database_url()
+    system.env["DELIVERY_LIMIT"] = "2"
+    with TcpProxy(("127.0.0.1", urlsplit(database).port or 5432)) as proxy:
+        for order in WORKER_NODES:
+            system.worker(CELERY_BROKER_URL=cluster.url(*order), DATABASE_URL=proxy.via(database))
+        wait_consuming(broker_url, names.queue, len(WORKER_NODES))
+        for order in RELAY_NODES:
+            system.relay(CELERY_BROKER_URL=cluster.url(*order))
+        producer = Producer(N, keys=40, pace=0.001)
+        producer.start()
+        progress_beyond(300)
+        proxy.cut()
+        time.sleep(15)
+        assert dead_lettered(cluster, names) == 0
+        proxy.restore()
+        settle(producer=producer, timeout=300)
+    check_books(minimum=producer.expected)
+    assert dead_lettered(cluster, names) == 0
+    logs = b"".join(p.log_path.read_bytes() for p in system.workers)
+    assert b"holding" in logs and b"returning" not in logs  # held, never given back
+
+
+def test_a_full_queue_refuses_publishes_and_the_relays_back_off_uncharged(
+    system, cluster_nodes, names, broker_url, settings
+):
+    """5. The service queue is capped (``max-length`` by policy, with the declared
+    ``reject-publish``) while no worker consumes: the broker nacks, the relays back off without
+    charging an attempt; when the workers start, everything drains, each sent once."""
+    cluster = cluster_nodes
+    settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "QUEUE_TYPE": "quorum"}
+    with connect(cluster.url()) as conn:
+        topology.declare(conn)  # as a worker would, so that the relays' messages are routed
+    policy = f"full-{names.queue}"
+    cluster.ctl(
+        1, "set_policy", "--apply-to", "queues", policy, f"^{names.queue}$", '{"max-length": 300}'
+    )
+    try:
+        for order in RELAY_NODES:
+            system.relay(CELERY_BROKER_URL=cluster.url(*order))
+        producer = Producer(N, keys=40)
+        producer.start()
+        wait_until(
+            lambda: (
+                b"the broker refused" in b"".join(p.log_path.read_bytes() for p in system.relays)
+            ),
+            timeout=120,
+            message=lambda: f"a refusal: {describe()}",
+        )
+        time.sleep(5)  # the relays keep trying and backing off
+        assert int(cluster.queue(names.queue)["messages"]) <= 300 + 2 * 100  # one batch each
+        unsent = OutboxMessage.objects.filter(topic="test.effect").unsent()
+        assert unsent.count() > 1000
+        assert not unsent.filter(attempts__gt=0).exists()  # refused, never charged
+        for order in WORKER_NODES:
+            system.worker(CELERY_BROKER_URL=cluster.url(*order))
+        settle(producer=producer, timeout=300)
+    finally:
+        cluster.ctl(1, "clear_policy", policy)
+    check_books(minimum=producer.expected)
+    charged = OutboxMessage.objects.filter(topic="test.effect").exclude(attempts=1, last_error="")
+    assert not charged.exists(), "a refusal was charged as an attempt"
