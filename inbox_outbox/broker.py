@@ -43,13 +43,13 @@ class Nodes:
         if wrong:
             raise ValueError(f"broker URL {url!r} {wrong}")
         self.urls = urls
-        self._last = len(urls) - 1  # so the first round starts at the first URL
+        self._offered = len(urls) - 1  # the index of the node offered last: start at the first
 
     def connections(self) -> Iterator[kombu.Connection]:
         """A fresh (lazy) connection to each node in turn, at most once per node."""
         for _ in range(len(self.urls)):
-            self._last = (self._last + 1) % len(self.urls)
-            yield connect(self.urls[self._last])
+            self._offered = (self._offered + 1) % len(self.urls)
+            yield connect(self.urls[self._offered])
 
 
 def events_exchange() -> kombu.Exchange:
