@@ -36,15 +36,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
 
 
 def check_broker_url(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    url, where = broker_url_source()
-    if url is not None:
+    urls, where = broker_url_source()
+    if urls:
         return []
     return [
         checks.Error(
-            f"The inbox and outbox have no broker: {where}.",
+            f"The inbox and outbox have no usable broker: {where}.",
             hint='Set INBOX_OUTBOX["BROKER_URL"] or CELERY_BROKER_URL to your RabbitMQ, e.g. '
-            '"amqp://guest:guest@localhost:5672//", and make sure the Celery app module '
-            "(project/celery.py, imported in project/__init__.py) is loaded.",
+            '"amqp://guest:guest@localhost:5672//" (the nodes of a cluster separated by ";" or '
+            "as a list), and make sure the Celery app module (project/celery.py, imported in "
+            "project/__init__.py) is loaded.",
             id="inbox_outbox.E011",
         )
     ]

@@ -51,7 +51,7 @@ class Settings:
 
     # Shared by both apps.
     service: str = ""
-    broker_url: str | None = None
+    broker_url: str | list[str] | tuple[str, ...] | None = None
     exchange: str = "events"
 
     # Outbox: publishing.
@@ -226,12 +226,37 @@ def _amqp_name(*, empty: bool) -> Callable[[Any], str | None]:
     return rule
 
 
+def split_broker_urls(value: Any) -> tuple[tuple[str, ...], str | None]:
+    """The broker URLs in ``value`` (one URL, kombu's failover form ``"amqp://a;amqp://b"``,
+    or a list of either) and what is wrong with them (``None`` when nothing is).
+
+    Each must name its transport (``amqp://``), all the same one: a relay that failed over
+    from RabbitMQ to another kind of broker would publish where no consumer listens.
+    """
+    if isinstance(value, str):
+        parts = value.split(";")
+    elif isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        parts = [part for v in value for part in v.split(";")]
+    else:
+        return (), f"must be a broker URL string or a list of them, got {_show(value)}"
+    urls = tuple(part.strip() for part in parts)
+    for url in urls:
+        if not url or "\x00" in url or _utf8_length(url) is None or "://" not in url:
+            return urls, (
+                f"must be broker URLs with a scheme (amqp://host:5672//), separated by ';' or "
+                f"given as a list; {_show(url)} is not one"
+            )
+    schemes = sorted({url.split("://", 1)[0].lower() for url in urls})
+    if len(schemes) > 1:
+        return urls, f"mixes transports ({', '.join(schemes)}): list the nodes of one broker"
+    return urls, None
+
+
 def _broker_url(value: Any) -> str | None:
     if value is None:
         return None
-    if isinstance(value, str) and value.strip() and "\x00" not in value and _utf8_length(value):
-        return None
-    return f"must be a broker URL string (or None to use CELERY_BROKER_URL), got {_show(value)}"
+    wrong = split_broker_urls(value)[1]
+    return wrong and f"{wrong} (or None to use CELERY_BROKER_URL)"
 
 
 def _listen_dsn(value: Any) -> str | None:
@@ -331,7 +356,8 @@ _HINTS = {
     "queue_type": 'Use "classic" (the default: what existing deployments declared) or "quorum" '
     "(replicated, with a delivery limit and a dead-letter queue; RabbitMQ 3.10 or later). An "
     "existing queue keeps its type: see docs/operations.md, 'Moving to quorum queues'.",
-    "broker_url": "Give an AMQP URL such as amqp://user:password@rabbitmq:5672//, or remove "
+    "broker_url": "Give an AMQP URL such as amqp://user:password@rabbitmq:5672//, or the "
+    'nodes of a cluster ("amqp://u:p@rmq1:5672//;amqp://u:p@rmq2:5672//" or a list), or remove '
     "the key to use CELERY_BROKER_URL.",
 }
 _DEFAULT_HINT = "Remove the key to use the default ({default!r}), or see docs/settings.md."
@@ -471,13 +497,14 @@ def unknown_keys() -> list[str]:
     return sorted(str(k) for k in user if not isinstance(k, str) or k.lower() not in RULES)
 
 
-def broker_url_source() -> tuple[str | None, str]:
-    """The broker URL the user configured and where it was found, or ``(None, why not)``.
+def broker_url_source() -> tuple[tuple[str, ...], str]:
+    """The broker URLs the user configured and where they were found, or ``((), why not)``.
 
     In order: ``INBOX_OUTBOX["BROKER_URL"]``, Django's ``CELERY_BROKER_URL`` setting, then the
     broker of the project's Celery app (which also reads the ``CELERY_BROKER_URL`` environment
     variable). Never a default: a relay publishing to a broker the user did not name would
-    look healthy while every message went elsewhere.
+    look healthy while every message went elsewhere. Several URLs are the nodes of one
+    cluster, tried in turn (:class:`inbox_outbox.broker.Nodes`).
     """
     configured = (
         _lookup(_user_dict(), "broker_url", None) if isinstance(_user_dict(), dict) else None
@@ -485,31 +512,49 @@ def broker_url_source() -> tuple[str | None, str]:
     if configured is not None:
         wrong = _broker_url(configured)
         if wrong:  # never fall back past a URL the user wrote but got wrong
-            return None, f'{SETTING_NAME}["BROKER_URL"] {wrong}'
-        return configured, f'{SETTING_NAME}["BROKER_URL"]'
+            return (), f'{SETTING_NAME}["BROKER_URL"] {wrong}'
+        return split_broker_urls(configured)[0], f'{SETTING_NAME}["BROKER_URL"]'
+    found: tuple[Any, str] | None = None
     celery_setting = getattr(settings, "CELERY_BROKER_URL", None)
-    if isinstance(celery_setting, str) and celery_setting.strip():
-        return celery_setting, "settings.CELERY_BROKER_URL"
-    from celery import current_app
+    if _given(celery_setting):
+        found = celery_setting, "settings.CELERY_BROKER_URL"
+    else:
+        from celery import current_app
 
-    app_url = current_app.conf.broker_url
-    if isinstance(app_url, str) and app_url.strip():
-        return app_url, f"the Celery app {current_app.main or '(default)'!r}"
-    return None, (
-        f'no broker is configured: neither {SETTING_NAME}["BROKER_URL"], nor the '
-        "CELERY_BROKER_URL setting, nor a Celery app with broker_url"
-    )
+        if _given(current_app.conf.broker_url):
+            found = (
+                current_app.conf.broker_url,
+                f"the Celery app {current_app.main or '(default)'!r}",
+            )
+    if found is None:
+        return (), (
+            f'no broker is configured: neither {SETTING_NAME}["BROKER_URL"], nor the '
+            "CELERY_BROKER_URL setting, nor a Celery app with broker_url"
+        )
+    urls, wrong = split_broker_urls(found[0])
+    return ((), f"the broker URL of {found[1]} {wrong}") if wrong else (urls, found[1])
 
 
-def broker_url() -> str:
-    """The broker to publish to and consume from (see :func:`broker_url_source`)."""
-    url, where = broker_url_source()
-    if url is None:
+def _given(value: Any) -> bool:
+    """Whether a Celery broker setting holds anything (blank means unset, as Celery reads it)."""
+    return bool(value.strip()) if isinstance(value, str) else bool(value)
+
+
+def broker_urls() -> tuple[str, ...]:
+    """The broker's URLs, one per node (see :func:`broker_url_source`)."""
+    urls, where = broker_url_source()
+    if not urls:
         raise ConfigurationError(
             f"{where}. Set {SETTING_NAME}['BROKER_URL'] (or CELERY_BROKER_URL) to your "
             "broker, e.g. amqp://guest:guest@localhost:5672//."
         )
-    return url
+    return urls
+
+
+def broker_url() -> str:
+    """The broker to publish to and consume from, its nodes joined in kombu's failover form
+    (``"amqp://a//;amqp://b//"``), which ``kombu.Connection`` and Celery take as they are."""
+    return ";".join(broker_urls())
 
 
 @receiver(setting_changed)

@@ -36,7 +36,7 @@ import amqp
 import kombu
 from django.utils import timezone
 
-from inbox_outbox.broker import has_confirms
+from inbox_outbox.broker import Nodes, has_confirms
 from inbox_outbox.cloudevents import Outgoing
 
 from .exceptions import BrokerUnavailable
@@ -112,14 +112,14 @@ class AmqpPublisher(Publisher):
         exchange: str,
         source: str,
         confirm_timeout: float,
-        connect_timeout: float = 5.0,
         call_timeout: float = 5.0,
     ) -> None:
         self.url = url
+        #: The broker's nodes: one URL, or several (``"amqp://a//;amqp://b//"``) to fail over.
+        self.nodes = Nodes(url)
         self.exchange = exchange
         self.source = source
         self.confirm_timeout = confirm_timeout
-        self.connect_timeout = connect_timeout
         #: The longest any single read or write on the broker's socket may block.
         self.call_timeout = call_timeout
         self._connection: kombu.Connection | None = None
@@ -131,31 +131,44 @@ class AmqpPublisher(Publisher):
         self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
 
     def _ensure_channel(self) -> Any:
-        """The open confirm-mode channel (py-amqp's), connecting first if there is none."""
+        """The open confirm-mode channel (py-amqp's), connecting first if there is none.
+
+        A new connection goes to the next of the broker's nodes (:class:`Nodes`), each tried
+        once: a relay whose node died publishes through another one, with no backoff between
+        a node that refused and the next."""
         if self._channel is not None and self._channel.is_open:
             return self._channel
         self._drop()
-        connection = kombu.Connection(self.url, connect_timeout=self.connect_timeout)
-        errors = _transport_errors(connection)
-        try:
-            connection.connect()
-            # py-amqp leaves the socket blocking with no timeout once connected; bound every
-            # call from here on (drain_events sets its own timeout and restores this one).
-            connection.connection.transport.sock.settimeout(self.call_timeout)
-            # py-amqp's Channel on this transport (its stubs lack ``events``).
-            channel: Any = connection.channel()
-            channel.exchange_declare(self.exchange, "topic", durable=True, auto_delete=False)
-            channel.confirm_select()
-        except errors as exc:
-            _collect(connection)
-            raise BrokerUnavailable(
-                f"cannot reach the broker at {connection.as_uri()}: {exc}"
-            ) from exc
+        failures = []
+        for connection in self.nodes.connections():
+            errors = _transport_errors(connection)
+            try:
+                channel = self._open(connection)
+            except errors as exc:
+                _collect(connection)
+                failures.append(f"{connection.as_uri()}: {exc}")
+                continue
+            self._connection, self._channel, self._next_tag = connection, channel, 0
+            self._errors = (*errors, TimeoutError)
+            if failures:
+                logger.warning(
+                    "outbox: publishing through %s (%s)", connection.as_uri(), "; ".join(failures)
+                )
+            return channel
+        raise BrokerUnavailable(f"cannot reach the broker at {'; '.join(failures)}")
+
+    def _open(self, connection: kombu.Connection) -> Any:
+        connection.connect()
+        # py-amqp leaves the socket blocking with no timeout once connected; bound every
+        # call from here on (drain_events sets its own timeout and restores this one).
+        connection.connection.transport.sock.settimeout(self.call_timeout)
+        # py-amqp's Channel on this transport (its stubs lack ``events``).
+        channel: Any = connection.channel()
+        channel.exchange_declare(self.exchange, "topic", durable=True, auto_delete=False)
+        channel.confirm_select()
         channel.events["basic_ack"].add(self._on_ack)
         channel.events["basic_nack"].add(self._on_nack)
         channel.events["basic_return"].add(self._on_return)
-        self._connection, self._channel, self._next_tag = connection, channel, 0
-        self._errors = (*errors, TimeoutError)
         return channel
 
     def _settle(self, delivery_tag: int, multiple: bool, nacked: bool) -> None:

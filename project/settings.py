@@ -95,6 +95,13 @@ INBOX_OUTBOX = {
     "DELIVERY_LIMIT": env.int("DELIVERY_LIMIT", default=20),
 }
 
+# Celery's own task queues replicated like the service queue: a classic queue lives on one
+# node of a cluster, and a worker whose task queue's node is down stops ("Unrecoverable
+# error: NOT_FOUND ... process is stopped by supervisor") while the inbox's queue is fine.
+CELERY_TASK_DEFAULT_QUEUE_TYPE = CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = env(
+    "CELERY_QUEUE_TYPE", default=INBOX_OUTBOX["QUEUE_TYPE"]
+)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

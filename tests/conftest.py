@@ -20,6 +20,7 @@ import pytest
 from django.db import connections
 
 from inbox_outbox.cloudevents import CONTENT_TYPE
+from tests.cluster import NODES, Cluster, exclusive
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +42,30 @@ def broker_url() -> str:
     return os.environ["CELERY_BROKER_URL"]
 
 
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    """The three-node cluster of ``bin/rabbitmq-cluster``, started if it is down."""
+    found = Cluster()
+    found.start()
+    return found
+
+
+@pytest.fixture
+def cluster_nodes(cluster: Cluster) -> Iterator[Cluster]:
+    """The cluster for a test that stops or kills nodes: held alone (tests/cluster.py's
+    lock) and every node up again afterwards."""
+    with exclusive():
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            for node in NODES:
+                if not cluster.serving(node):
+                    with contextlib.suppress(RuntimeError):
+                        cluster.ctl(node, "start_app")  # a node stopped with stop_app
+            cluster.start()
+
+
 @pytest.fixture
 def names(settings, broker_url: str) -> Iterator[Names]:
     tag = f"t{uuid.uuid4().hex[:10]}"
@@ -58,6 +83,7 @@ def names(settings, broker_url: str) -> Iterator[Names]:
             ("exchange", ns.exchange),
             ("queue", dead),
             ("exchange", dead),
+            ("queue", f"celery-{ns.service}"),  # the workers' task queue (Processes.worker)
         ):
             with contextlib.suppress(*conn.channel_errors):
                 getattr(conn.channel(), f"{kind}_delete")(name)

@@ -137,3 +137,41 @@ def test_a_broker_that_stops_answering_cannot_hang_the_relay(names, queue, broke
     # Nothing was confirmed, so nothing is charged: the rows wait for the broker.
     rows = OutboxMessage.objects.filter(topic="wire.event")
     assert set(rows.values_list("status", "attempts", "lease_owner")) == {("pending", 0, "")}
+
+
+def test_a_publisher_listing_nodes_moves_to_the_next_that_answers_when_its_node_goes(
+    names, queue, broker_url
+):
+    real = kombu.Connection(broker_url)
+    down = f"amqp://guest:guest@127.0.0.1:{free_port()}//"  # nothing listens there
+    with TcpProxy(("127.0.0.1", real.port or 5672)) as proxy:
+        first = proxy.via(broker_url)
+        publisher = AmqpPublisher(
+            f"{first};{down};{broker_url}",
+            exchange=names.exchange,
+            source=names.service,
+            confirm_timeout=5.0,
+        )
+        relay = Relay(publisher=publisher)
+        try:
+            publish("wire.event", {"n": 1})
+            relay.drain()
+            assert publisher._connection.port == kombu.Connection(first).port
+            proxy.cut()  # the first node dies, and stays dead
+            publish("wire.event", {"n": 2})
+            with pytest.raises(BrokerUnavailable):
+                relay.drain()  # the connection it had is gone: the batch is not confirmed
+            relay.drain()  # reconnects: past the first node and the one that is down
+            assert publisher._connection.port == (real.port or 5672)
+        finally:
+            relay.close()
+    assert Counter(OutboxMessage.objects.values_list("status", flat=True)) == {"sent": 2}
+    assert len(read_queue(broker_url, queue)) == 2
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -51,8 +51,8 @@ def broker() -> dict:
     """Which broker URL the library would use, and where it found it."""
     from inbox_outbox.conf import broker_url, broker_url_source
 
-    url, where = broker_url_source()
-    return {"url": url, "where": where, "broker_url": broker_url() if url else None}
+    urls, where = broker_url_source()
+    return {"url": ";".join(urls), "where": where, "broker_url": broker_url() if urls else None}
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from inbox_outbox.conf import (
     Settings,
     broker_url,
     broker_url_source,
+    broker_urls,
     get_settings,
     problems,
 )
@@ -236,13 +237,60 @@ def test_any_value_of_each_key_is_either_accepted_or_reported(key, value):
 def test_the_broker_url_comes_from_inbox_outbox_then_celery_broker_url(settings):
     settings.CELERY_BROKER_URL = "amqp://celery-setting//"
     settings.INBOX_OUTBOX = {"SERVICE": "billing"}
-    assert broker_url_source() == ("amqp://celery-setting//", "settings.CELERY_BROKER_URL")
+    assert broker_url_source() == (("amqp://celery-setting//",), "settings.CELERY_BROKER_URL")
     settings.INBOX_OUTBOX = {"SERVICE": "billing", "BROKER_URL": "amqp://ours//"}
     assert broker_url() == "amqp://ours//"
     assert check_broker_url() == []
 
 
-@pytest.mark.parametrize("wrong", ["", "  ", 5672, ["amqp://a//"]])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "amqp://a:5701//;amqp://b:5702//",
+        " amqp://a:5701// ; amqp://b:5702// ",
+        ["amqp://a:5701//", "amqp://b:5702//"],
+        ("amqp://a:5701//;amqp://b:5702//",),
+    ],
+)
+def test_a_cluster_s_nodes_are_one_broker_url_list_separated_by_semicolons_or_a_list(
+    settings, value
+):
+    settings.INBOX_OUTBOX = {"SERVICE": "billing", "BROKER_URL": value}
+    assert broker_urls() == ("amqp://a:5701//", "amqp://b:5702//")
+    assert broker_url() == "amqp://a:5701//;amqp://b:5702//"  # kombu's and Celery's form
+    assert check_settings() + check_broker_url() == []
+    # The same list from Celery's setting (Celery takes a list or a ';' string too).
+    settings.INBOX_OUTBOX = {"SERVICE": "billing"}
+    settings.CELERY_BROKER_URL = value
+    assert broker_urls() == ("amqp://a:5701//", "amqp://b:5702//")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "said"),
+    [
+        ("amqp://a//;", "is not one"),
+        ("amqp://a//;b:5672", "is not one"),
+        ([], "a list of them"),
+        (["amqp://a//", 5672], "a list of them"),
+        ("amqp://a//;redis://b//", "mixes transports (amqp, redis)"),
+    ],
+)
+def test_a_broker_url_list_with_a_bad_node_is_refused_by_the_check(settings, wrong, said):
+    settings.INBOX_OUTBOX = {"SERVICE": "billing", "BROKER_URL": wrong}
+    [error] = [e for e in check_settings() if e.id == "inbox_outbox.E012"]
+    assert said in error.msg
+    with pytest.raises(ConfigurationError, match=re.escape(said)):
+        broker_urls()
+    if not wrong:
+        return  # an empty Celery setting is an unset one
+    # A Celery setting as bad is no broker at all, not its first node.
+    settings.INBOX_OUTBOX = {"SERVICE": "billing"}
+    settings.CELERY_BROKER_URL = wrong
+    [error] = check_broker_url()
+    assert error.id == "inbox_outbox.E011" and said in error.msg
+
+
+@pytest.mark.parametrize("wrong", ["", "  ", 5672, ["amqp://a//", None]])
 def test_a_broken_broker_url_setting_is_not_replaced_by_celery_s(settings, wrong):
     settings.CELERY_BROKER_URL = "amqp://celery-setting//"
     settings.INBOX_OUTBOX = {"SERVICE": "billing", "BROKER_URL": wrong}
