@@ -32,7 +32,7 @@ import sys
 import time
 import uuid
 
-from _setup import ROOT, django_setup
+from _setup import ROOT, django_setup, stop_processes
 
 
 def main() -> None:
@@ -168,7 +168,7 @@ def memory(count: int, seconds: float, env: dict[str, str]) -> None:
             samples.append((time.monotonic() - started, _rss_kib(proc.pid), Effect.objects.count()))
             time.sleep(seconds / 20)
     finally:
-        _stop([proc])
+        stop_processes([proc])
     for at, rss, handled in samples:
         print(f"rss:       {at:5.1f} s  {rss / 1024:6.1f} MiB  {handled:>7,} handled")
     rss = [kib for _, kib, _ in samples]
@@ -228,17 +228,6 @@ def _start_workers(count: int, env: dict[str, str]) -> list[subprocess.Popen]:
         )
         for i in range(count)
     ]
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -336,7 +325,7 @@ def bench_workers(
         if sampler is not None:
             sampler.send_signal(signal.SIGINT)  # py-spy writes its samples when interrupted
             sampler.wait(timeout=60)
-        _stop(procs)
+        stop_processes(procs)
     span = Effect.objects.aggregate(first=Min("created_at"), last=Max("created_at"))
     assert Effect.objects.values("message_id").distinct().count() == count, (
         "an effect is missing or doubled"
@@ -419,7 +408,7 @@ def bench_io(count: int, *, keys: int, env: dict[str, str]) -> float:
     try:
         _wait_for(lambda: rows.count() >= count, timeout=count / 50 + 120, what=f"{count} effects")
     finally:
-        _stop(procs)
+        stop_processes(procs)
     runs: dict[str, list[int]] = {}
     for key, sequence in rows.order_by("id").values_list("key", "sequence"):
         runs.setdefault(key, []).append(sequence)
@@ -467,7 +456,7 @@ def bench_latency(
                 time.sleep(delay)
         _wait_for(lambda: Effect.objects.count() >= count, timeout=120, what=f"{count} effects")
     finally:
-        _stop(procs)
+        stop_processes(procs)
     published = dict(OutboxMessage.objects.values_list("id", "created_at"))
     latencies = sorted(
         (handled - published[uuid.UUID(mid)]).total_seconds() * 1000

@@ -20,13 +20,12 @@ import argparse
 import contextlib
 import functools
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
 
-from _setup import ROOT, django_setup
+from _setup import ROOT, django_setup, stop_processes
 
 
 def main() -> None:
@@ -165,7 +164,7 @@ def end_to_end(count: int, env: dict[str, str], queue: str, *, outbox: bool) -> 
                 raise SystemExit(f"bench: {consumer} tasks did not all run")
             time.sleep(0.2)
     finally:
-        _stop(procs)
+        stop_processes(procs)
     assert Effect.objects.filter(consumer=consumer).values("message_id").distinct().count() == count
     last = Effect.objects.filter(consumer=consumer).aggregate(last=Max("created_at"))["last"]
     return count / (last - started).total_seconds()
@@ -180,17 +179,6 @@ def _start(*args: str, env: dict[str, str]) -> subprocess.Popen:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _purge(queue: str) -> None:
