@@ -16,7 +16,7 @@ from tests.testapp.tasks import order_effect
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
-TRANSACTIONS = 1_500
+TRANSACTIONS = 400
 KILLS = 3
 
 
@@ -34,13 +34,13 @@ def test_tasks_sent_in_business_transactions_run_once_under_relay_and_worker_kil
     processes, names, broker_url
 ):
     """17. Two relays and two workers (Celery's own task consumer, ``acks_late``, with
-    ``@exactly_once``), each SIGKILLed three times at random while 1,500 transactions send
+    ``@exactly_once``), each SIGKILLed three times at random while 400 transactions send
     tasks: every committed order's task has one effect, rolled-back orders' tasks none."""
     queue = f"celery-{names.service}"
     system = System(processes)
     workers = [system.worker(), system.worker()]
     wait_consuming(broker_url, queue, 2)
-    producer = TaskProducer(TRANSACTIONS, keys=1, pace=0.005)
+    producer = TaskProducer(TRANSACTIONS, keys=1, pace=0.02)  # ~10 s: the kills land in it
     producer.queue = queue
     producer.start()
     relays = [system.relay(), system.relay()]
@@ -55,7 +55,9 @@ def test_tasks_sent_in_business_transactions_run_once_under_relay_and_worker_kil
     assert len(orders) >= producer.expected > TRANSACTIONS * 0.8
     wait_until(
         lambda: Effect.objects.filter(consumer="task").count() >= len(orders),
-        timeout=240,
+        # Celery's solo workers sometimes idle ~10 s with tasks queued on this machine (plain
+        # Celery without Django does too): a wide bound, so that only a lost task fails here.
+        timeout=360,
         interval=0.5,
         message=lambda: (
             f"every committed order's task: {describe()}, "
