@@ -87,8 +87,19 @@ def test_a_relay_and_a_worker_listing_the_nodes_carry_on_when_their_node_stops(
         timeout=90,
         message=lambda: f"the next 100 handled through the other nodes ({handled()} so far)",
     )
-    assert consumers(cluster, quorum.queue, 2) == 1
-    assert connections(cluster, 2) + connections(cluster, 3) >= 2
+    # The worker's Celery connection may restart once more after its inbox consumer moved (its
+    # own heartbeat to the stopped node fails later): what matters is that it settles on
+    # exactly one consumer again, on the nodes that are left.
+    wait_until(
+        lambda: consumers(cluster, quorum.queue, 2) == 1,
+        timeout=60,
+        message=lambda: f"one consumer again ({consumers(cluster, quorum.queue, 2)} now)",
+    )
+    wait_until(
+        lambda: connections(cluster, 2) + connections(cluster, 3) >= 2,
+        timeout=60,
+        message="the relay and the worker connected to the other nodes",
+    )
     assert set(OutboxMessage.objects.values_list("status", flat=True)) == {"sent"}
     effects = list(Effect.objects.filter(consumer="effect").values_list("message_id", flat=True))
     assert len(effects) == len(set(effects)) == 200  # each once
