@@ -335,8 +335,8 @@ def bench_workers(
 
 #: The effect insert of the baselines (the other is the consumer's own inbox row statement).
 _BASE_EFFECT = (
-    "INSERT INTO testapp_effect (consumer, message_id, epoch, created_at)"
-    " VALUES ('base', %s, 0, now())"
+    "INSERT INTO testapp_effect (consumer, message_id, source, epoch, created_at)"
+    " VALUES ('base', %s, '', 0, now())"
 )
 
 
