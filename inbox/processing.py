@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import functools
 import logging
 import traceback as tb
 from dataclasses import dataclass
@@ -397,47 +396,71 @@ _HELD = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one message does for one handler, decided before its row is written: the row to
+    insert, and once it is inserted, whether the handler runs, the outcome, and the position
+    its stream then settles (a keyed message that runs or is void)."""
+
+    row: NewRow
+    outcome: Outcome
+    runs: bool = False
+    settles: Position | None = None
+
+
+def decide(handler: Handler, env: Envelope, raw: bytes | None, last: Position | None) -> Step:
+    """The step of ``env`` for ``handler``, its stream's progress standing at ``last`` (None
+    for a keyless message): the one place that turns :func:`inbox.ordering.judge`'s verdict
+    into a row and an outcome, for a message alone and for a batch alike."""
+    consumer = handler.consumer
+    stream = stream_of(handler, env)
+    if stream is not None and env.order is not None and last is not None:
+        position = _position(env.order)
+        verdict = ordering.judge(last, position)
+        if verdict in _HELD:
+            status, outcome = _HELD[verdict]
+            error = ""
+            if verdict is Verdict.STALE:
+                error = _stale_reason(last, stream, position)
+            row = NewRow.of(env, consumer=consumer, status=status, raw=raw, attempts=0, error=error)
+            return Step(row, outcome)
+        if env.voids is not None:
+            row = NewRow.of(env, consumer=consumer, status=Status.VOID)
+            return Step(row, Outcome.VOID, settles=position)
+        row = NewRow.of(env, consumer=consumer, status=Status.DONE)
+        return Step(row, Outcome.DONE, runs=True, settles=position)
+    return Step(NewRow.of(env, consumer=consumer, status=Status.DONE), Outcome.DONE, runs=True)
+
+
 @tracing.handles_in_batch
 def _handle_in_transaction(
     alias: str,
     handler: Handler,
     env: Envelope,
     raw: bytes | None,
-    inserted: bool | None = None,
-    held: ordering.Held | None = None,
+    planned: tuple[Step, bool] | None = None,
 ) -> Outcome:
     """Record ``env`` for ``handler`` and run it, inside the caller's transaction.
 
-    A batch passes what it did already: ``inserted``, that it inserted a keyless message's
-    row (True) or found it there (False, a duplicate), and ``held``, its streams' progress
-    locked. None of either does it here. A handler's exception propagates: the caller rolls
-    back and records the failure.
+    A batch passes what it did already, ``planned``: the message's step, and whether its row
+    was inserted (False: it was there, a duplicate); the batch settles its streams itself
+    (:func:`process_batch`). Alone, this locks the stream's progress, decides, inserts and
+    settles. A handler's exception propagates: the caller rolls back and records the failure.
     """
-    consumer = handler.consumer
     stream = stream_of(handler, env)
-    settle = held.settle if held is not None else functools.partial(ordering.settle, alias)
-    if stream is not None and env.order is not None:
-        position = _position(env.order)
-        last = held.last(stream) if held is not None else ordering.lock(alias, stream)
-        verdict = ordering.judge(last, position)
-        if verdict in _HELD:
-            status, outcome = _HELD[verdict]
-            error = _stale_reason(last, stream, position) if verdict is Verdict.STALE else ""
-            row = NewRow.of(env, consumer=consumer, status=status, raw=raw, attempts=0, error=error)
-            return outcome if _insert(alias, row) else Outcome.DUPLICATE
-        if env.voids is not None:
-            if not _insert(alias, NewRow.of(env, consumer=consumer, status=Status.VOID)):
-                return Outcome.DUPLICATE
-            settle(stream, position)
-            return Outcome.VOID
-    if inserted is None:
-        inserted = _insert(alias, NewRow.of(env, consumer=consumer, status=Status.DONE))
+    if planned is None:
+        last = ordering.lock(alias, stream) if stream is not None else None
+        step = decide(handler, env, raw, last)
+        inserted = _insert(alias, step.row)
+    else:
+        step, inserted = planned
     if not inserted:
         return Outcome.DUPLICATE
-    handler.func(_message(env, 1))
-    if stream is not None and env.order is not None:
-        settle(stream, _position(env.order))
-    return Outcome.DONE
+    if step.runs:
+        handler.func(_message(env, 1))
+    if planned is None and stream is not None and step.settles is not None:
+        ordering.settle(alias, stream, step.settles)
+    return step.outcome
 
 
 def _stale_reason(last: Position, stream: Stream, position: Position) -> str:
@@ -487,28 +510,38 @@ def process_batch(deliveries: list[Delivery], *, using: str | None = None) -> No
                     if (stream := stream_of(h, env)) is not None
                 ),
             )
-            # The keyless rows in one round trip; a row is inserted before its handler runs,
-            # in the handler's transaction, exactly as one at a time.
-            fresh = _insert_all(
-                alias,
-                [
-                    NewRow.of(env, consumer=h.consumer, status=Status.DONE)
-                    for _, env, handlers in parsed
-                    if env.order is None
-                    for h in handlers
-                ],
-            )
+            # Every message's step decided first, in arrival order, against the progress
+            # held in memory: a message that will run or is void settles its stream there as
+            # if handled (a handler that fails rolls the whole batch back), so the next one
+            # of its stream is judged after it, exactly as one at a time.
+            plan: list[tuple[Handler, Envelope, bytes, Step]] = []
             for delivery, env, handlers in parsed:
                 raw = raw_bytes(delivery[0])
                 for handler in handlers:
-                    inserted = None
-                    if env.order is None:  # the first of a pair given twice runs, once
-                        inserted = (handler.consumer, env.id) in fresh
-                        fresh.discard((handler.consumer, env.id))
-                    outcome = _handle_in_transaction(alias, handler, env, raw, inserted, held)
                     stream = stream_of(handler, env)
-                    if outcome in _DRAIN_AFTER and stream is not None:
-                        drains[stream] = handler
+                    step = decide(
+                        handler, env, raw, held.last(stream) if stream is not None else None
+                    )
+                    if stream is not None and step.settles is not None:
+                        held.settle(stream, step.settles)
+                    plan.append((handler, env, raw, step))
+            # Then every row in one round trip, before any handler runs, in the handlers'
+            # transaction, exactly as one at a time.
+            fresh = _insert_all(alias, [step.row for *_, step in plan])
+            inserted = []
+            for handler, env, _, step in plan:  # the first of a pair given twice runs, once
+                inserted.append((handler.consumer, env.id) in fresh)
+                fresh.discard((handler.consumer, env.id))
+                if not inserted[-1] and step.settles is not None:
+                    # Its row was there already (stored waiting or failed before, or by a
+                    # concurrent batch): its stream did not move, and the steps after it
+                    # were decided as if it had. One at a time decides them again.
+                    raise _Misplanned(f"{handler.consumer} already had keyed {env.id}")
+            for (handler, env, raw, step), was_inserted in zip(plan, inserted, strict=True):
+                outcome = _handle_in_transaction(alias, handler, env, raw, (step, was_inserted))
+                stream = stream_of(handler, env)
+                if outcome in _DRAIN_AFTER and stream is not None:
+                    drains[stream] = handler
             held.write()
     except Exception as exc:
         logger.debug(
@@ -520,6 +553,11 @@ def process_batch(deliveries: list[Delivery], *, using: str | None = None) -> No
     # One query says which streams have anything waiting; only those are drained.
     for stream in sorted(ordering.with_waiting(alias, drains)):
         drain_stream(drains[stream], stream, using=alias)
+
+
+class _Misplanned(Exception):
+    """Raised inside a batch when a keyed message that was to move its stream turns out to be
+    a duplicate: the batch rolls back and its deliveries are handled one at a time."""
 
 
 def _record_failure(

@@ -382,8 +382,9 @@ def handles(handle: F) -> F:
 
 
 def handles_in_batch(handle: F) -> F:
-    """Decorate ``_handle_in_transaction(alias, handler, envelope, raw)``: called by a batch,
-    a ``process`` span linked to the message's creation context, inside the batch's span.
+    """Decorate ``_handle_in_transaction(alias, handler, envelope, raw, planned)``: called by
+    a batch, a ``process`` span linked to the message's creation context, inside the batch's
+    span.
     (Called by :func:`handles`'s function, it adds nothing: that span is the run's.)"""
     if not HOOKED:
         return handle

@@ -153,3 +153,68 @@ def test_a_later_batch_drains_a_message_left_waiting_by_an_earlier_one(names):
     process_batch([event({}, id="k1", key="k", sequence=1), event({}, id="another")])
     assert effects() == ["other", "k1", "another", "k2"]  # k2 drained after the commit
     assert not InboxMessage.objects.waiting().exists()
+
+
+def test_the_keyed_and_keyless_rows_of_a_clean_batch_are_inserted_in_one_statement(names):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    batch = [event({}, id=f"{key}{n}", key=key, sequence=n) for n in (2, 1, 3) for key in "ab"]
+    batch += [event({}, id=f"plain{n}") for n in range(3)]
+    with CaptureQueriesContext(connection) as queries:
+        process_batch(batch)
+    assert len(inbox_inserts(queries.captured_queries)) == 1
+    # 2 and 3 of each key came before 1: stored waiting, drained after the commit, per stream.
+    assert effects() == ["a1", "b1", "plain0", "plain1", "plain2", "a2", "a3", "b2", "b3"]
+    assert InboxMessage.objects.done().count() == 18  # two consumers of each message
+
+
+def test_a_batch_stores_each_keyed_message_with_the_status_its_position_gives_it(names):
+    process_batch([event({}, id="k1", key="k", sequence=1)])
+    process_batch(
+        [
+            event({}, id="k3", key="k", sequence=3),  # 2 is missing: waits
+            event({}, id="k1-again", key="k", sequence=1),  # settled already: stale
+            event({}, id="j1", key="j", sequence=1),  # another stream: runs
+        ]
+    )
+    rows = {
+        (row.consumer.rsplit(":", 1)[-1], row.message_id): row for row in InboxMessage.objects.all()
+    }
+    assert {m: rows["effect", m].status for m in ("k1", "k3", "k1-again", "j1")} == {
+        "k1": "done",
+        "k3": "waiting",
+        "k1-again": "stale",
+        "j1": "done",
+    }
+    assert "stale" in rows["effect", "k1-again"].last_error
+    assert rows["effect", "k3"].raw_body and rows["effect", "k1-again"].raw_body
+    assert effects() == ["k1", "j1"]
+
+
+def test_a_keyed_message_twice_in_one_batch_runs_once_and_its_stream_moves_on(names):
+    process_batch(
+        [
+            event({}, id="k1", key="k", sequence=1),
+            event({}, id="k1", key="k", sequence=1),  # the same delivery again
+            event({}, id="k2", key="k", sequence=2),
+        ]
+    )
+    assert effects() == ["k1", "k2"]
+    assert not InboxMessage.objects.exclude(status="done").exists()
+
+
+def test_a_message_stored_waiting_then_delivered_again_with_its_predecessor_runs_once(names):
+    """Its row is there already (waiting), so the batch's plan, which had it run, does not
+    hold: the batch is handled one at a time, and the waiting row is drained in order."""
+    process_batch([event({}, id="k2", key="k", sequence=2)])
+    assert InboxMessage.objects.waiting().count() == 2  # for both consumers
+    process_batch(
+        [
+            event({}, id="k1", key="k", sequence=1),
+            event({}, id="k2", key="k", sequence=2),  # redelivered: its ack was lost
+            event({}, id="k3", key="k", sequence=3),
+        ]
+    )
+    assert effects() == ["k1", "k2", "k3"]
+    assert not InboxMessage.objects.exclude(status="done").exists()
