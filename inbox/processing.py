@@ -18,10 +18,13 @@ raw body; only an error of the database itself propagates, so that the caller re
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import enum
+import json
 import logging
 import traceback as tb
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,23 +146,60 @@ def _log_duplicate(row: NewRow) -> None:
 
 def _insert_all(alias: str, rows: list[NewRow]) -> set[tuple[str, str]]:
     """Insert each of ``rows`` unless its (consumer, message id) exists, in one statement per
-    :data:`~inbox.sql.ROWS_PER_INSERT`; return the (consumer, message id) pairs inserted.
+    :func:`_chunks`; return the (consumer, message id) pairs inserted.
 
     Sorted first, so that two batches sharing ids wait on the unique index in one order."""
     connection = connections[alias]
     ordered = sorted(rows, key=lambda row: (row.consumer, row.message_id))
     inserted: set[tuple[str, str]] = set()
     with connection.cursor() as cursor:
-        for start in range(0, len(ordered), sql.ROWS_PER_INSERT):
-            chunk = ordered[start : start + sql.ROWS_PER_INSERT]
-            params = [value for row in chunk for value in _params(row)]
-            cursor.execute(sql.insert_rows_unless_seen(connection.vendor, len(chunk)), params)
+        for chunk in _chunks(ordered):
+            if connection.vendor == "postgresql":
+                statement = sql.insert_records_unless_seen()
+                params: list[Any] = [_records(chunk)]
+            else:
+                statement = sql.insert_rows_unless_seen(connection.vendor, len(chunk))
+                params = [value for row in chunk for value in _params(row)]
+            cursor.execute(statement, params)
             inserted.update((consumer, message_id) for consumer, message_id in cursor.fetchall())
     if logger.isEnabledFor(logging.DEBUG):
         for row in ordered:
             if (row.consumer, row.message_id) not in inserted:
                 _log_duplicate(row)
     return inserted
+
+
+def _chunks(rows: list[NewRow]) -> Iterator[list[NewRow]]:
+    """``rows`` in order, in chunks of at most :data:`~inbox.sql.ROWS_PER_INSERT` rows and,
+    but for a single row, about :data:`~inbox.sql.BYTES_PER_INSERT` of values (a large body
+    is quoted twice over in the JSON of :func:`_records`)."""
+    chunk: list[NewRow] = []
+    size = 0
+    for row in rows:
+        row_size = 2 * (len(row.payload_json) + len(row.headers_json)) + 2 * len(row.raw or b"")
+        if chunk and (len(chunk) >= sql.ROWS_PER_INSERT or size + row_size > sql.BYTES_PER_INSERT):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(row)
+        size += row_size
+    if chunk:
+        yield chunk
+
+
+_FIELDS = tuple(name for name, _ in sql.RECORD_FIELDS)
+_RAW = _FIELDS.index("raw_body")
+
+
+def _records(rows: list[NewRow]) -> str:
+    """``rows`` as the JSON array of records that :func:`inbox.sql.insert_records_unless_seen`
+    reads: each row's parameters (:func:`_params`), its raw body in base64."""
+    records = []
+    for row in rows:
+        values = _params(row)
+        if row.raw is not None:
+            values[_RAW] = base64.b64encode(row.raw).decode("ascii")
+        records.append(dict(zip(_FIELDS, values, strict=True)))
+    return json.dumps(records, ensure_ascii=False, allow_nan=False)
 
 
 def _params(row: NewRow) -> list[Any]:

