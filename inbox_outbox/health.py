@@ -14,6 +14,7 @@ beat of a ready process, for an exec probe that checks its age.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -86,6 +87,18 @@ def health() -> Health:
     live = all(now - b.at <= stale_after for b in beats.values())
     ready = live and all(b.ok for b in beats.values()) and all(c.ok for c in conditions.values())
     return Health(live=live, ready=ready, loops=loops, conditions=standing)
+
+
+def file_age_seconds() -> float | None:
+    """Seconds since ``HEALTH_FILE`` was last touched (infinite when it does not exist); None
+    when no file is set. Read by ``--check --max-health-age`` in another process."""
+    path = get_settings().health_file
+    if not path:
+        return None
+    try:
+        return max(0.0, time.time() - os.stat(path).st_mtime)
+    except FileNotFoundError:
+        return math.inf
 
 
 def reset() -> None:
