@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/consume.py [--messages 50000] [--workers 1] [--io-messages 2000]
         [--skip throughput|io|latency] [--profile FILE]
-    .venv/bin/python bench/consume.py --tracing [--messages 20000]: throughput off vs on
+    .venv/bin/python bench/consume.py --tracing [--messages 20000] [--tracing-rounds 3]:
+        throughput off vs on, alternated, medians
 
 1. Throughput: N CloudEvents messages wait in the service queue; W Celery worker processes
    (`celery -A project worker --pool solo`, the inbox consumer step) handle them, one
@@ -48,6 +49,9 @@ def main() -> None:
         action="store_true",
         help="only throughput, with tracing off and on (the SDK, in-memory exporter, in workers)",
     )
+    parser.add_argument(
+        "--tracing-rounds", type=int, default=3, help="--tracing: runs of each variant"
+    )
     parser.add_argument("--latency-messages", type=int, default=1_000)
     parser.add_argument("--latency-rate", type=float, default=200.0, help="transactions per second")
     parser.add_argument(
@@ -85,11 +89,7 @@ def main() -> None:
     }
     try:
         if args.tracing:
-            off = bench_workers(args.messages, args.workers, env)
-            on = bench_workers(args.messages, args.workers, {**env, "BENCH_TRACING": "1"})
-            print(f"consumer, tracing off: {off:,.0f} msg/s ({args.workers} workers)")
-            print(f"consumer, tracing on:  {on:,.0f} msg/s (SDK, in-memory exporter, traceparents)")
-            print(f"ratio:     {on / off:.2f}x (target >= 0.90)")
+            tracing(args, env)
             return
         if args.profile:
             ours = bench_workers(args.messages, 1, env, profile=args.profile)
@@ -111,6 +111,27 @@ def main() -> None:
             )
     finally:
         _cleanup(tag)
+
+
+def tracing(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """Throughput with tracing off and on (the SDK in the workers, traceparents on every
+    message), ``--tracing-rounds`` times each, alternating which goes first (a run's rate
+    moves with the shared machine's load far more than with tracing); medians compared."""
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    for round_number in range(args.tracing_rounds):
+        order = ["off", "on"] if round_number % 2 == 0 else ["on", "off"]
+        for variant in order:
+            traced = {"BENCH_TRACING": "1"} if variant == "on" else {}
+            rates[variant].append(bench_workers(args.messages, args.workers, {**env, **traced}))
+    off, on = (statistics.median(rates[k]) for k in ("off", "on"))
+
+    def runs(variant: str) -> str:
+        return ", ".join(f"{r:,.0f}" for r in rates[variant])
+
+    print(f"consumer, {args.messages:,} messages, {args.workers} workers, medians of runs:")
+    print(f"  tracing off: {off:,.0f} msg/s [{runs('off')}]")
+    print(f"  tracing on:  {on:,.0f} msg/s [{runs('on')}] (SDK, in-memory exporter, traceparents)")
+    print(f"ratio:     {on / off:.2f}x (target >= 0.90)")
 
 
 def throughput(args: argparse.Namespace, env: dict[str, str]) -> None:

@@ -13,6 +13,7 @@ import kombu
 import kombu.exceptions
 from django.db import connections
 
+from inbox_outbox import tracing
 from inbox_outbox.backoff import backoff_seconds
 from inbox_outbox.broker import connect
 from inbox_outbox.conf import get_settings
@@ -194,18 +195,30 @@ class Receiver:
         stored at all. ``unsettled`` holds the delivery tags of every other delivery not yet
         settled (a batch still in a lane's hands): see :func:`acknowledge`.
         """
-        durable = []
+        by_outcome: dict[Settle, list[kombu.Message]] = {outcome: [] for outcome in Settle}
         for message, outcome in zip(batch, outcomes, strict=True):
-            if outcome is Settle.ACK:
-                durable.append(message)
-            elif outcome is Settle.REQUEUE:
-                requeue(message)
-            else:
-                message.reject(requeue=False)
-        acknowledge(durable, unsettled=unsettled)
-        self.handled += len(durable)
+            by_outcome[outcome].append(message)
+        give_back(by_outcome[Settle.REQUEUE])
+        dead_letter(by_outcome[Settle.DEAD_LETTER])
+        acknowledge(by_outcome[Settle.ACK], unsettled=unsettled)  # last: see its docstring
+        self.handled += len(by_outcome[Settle.ACK])
 
 
+@tracing.settles("nack")
+def give_back(messages: list[kombu.Message]) -> None:
+    """Give ``messages`` back to their queue (:func:`requeue`, each)."""
+    for message in messages:
+        requeue(message)
+
+
+@tracing.settles("reject")
+def dead_letter(messages: list[kombu.Message]) -> None:
+    """Refuse ``messages`` without requeue: to the queue's dead-letter exchange, if any."""
+    for message in messages:
+        message.reject(requeue=False)
+
+
+@tracing.settles("ack")
 def acknowledge(messages: list[kombu.Message], *, unsettled: Collection[Any] = ()) -> None:
     """Acknowledge ``messages``, most of them with one ``basic.ack`` (``multiple``).
 

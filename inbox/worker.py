@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import kombu
 from celery import bootsteps
 
-from inbox_outbox import endpoint
+from inbox_outbox import endpoint, health
 from inbox_outbox.conf import get_settings
 
 from . import topology
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from kombu.transport.base import StdChannel
 
 logger = logging.getLogger(__name__)
+
+#: The readiness condition of the worker's broker connection (:func:`inbox_outbox.health.condition`).
+BROKER_CONDITION = "inbox-broker"
 
 #: Without an event loop, batches are handled on the consuming thread, which then sends no
 #: heartbeats: hold a batch the database cannot take no longer than this (Celery's
@@ -65,6 +68,8 @@ class InboxConsumerStep(bootsteps.ConsumerStep):
                 hold_seconds=min(conf.inbox_hold_seconds, HOLD_WITHOUT_LOOP),
             )
         super().start(c)
+        # Consuming on a connection Celery just (re)opened: ready as far as the broker goes.
+        health.condition(BROKER_CONDITION, ok=True)
         if conf.inbox_sweep_interval and registry.topics() and self.sweeper is None:
             # Every consuming worker retries due failures and unblocks keys itself, so
             # recovery after a crash does not depend on celery beat being deployed.
@@ -85,6 +90,11 @@ class InboxConsumerStep(bootsteps.ConsumerStep):
         ]
 
     def stop(self, c: WorkerConsumer) -> None:
+        # Celery stops its consumer steps when the broker connection is lost (then starts them
+        # again once it reconnects) and when the worker shuts down: not ready either way.
+        health.condition(
+            BROKER_CONDITION, ok=False, error="broker: not consuming (connection lost or stopping)"
+        )
         if self.lanes is not None:
             self.lanes.stop()
             self.lanes = None

@@ -13,6 +13,8 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from . import health
+
 
 def add_selection_arguments(parser: Any, *, consumer: bool) -> None:
     parser.add_argument(
@@ -180,6 +182,14 @@ def add_check_arguments(parser: Any, thresholds: Iterable[Threshold]) -> None:
     )
     for option, _, text in thresholds:
         parser.add_argument(option, type=float, default=None, metavar="N", help=text)
+    parser.add_argument(
+        "--max-health-age",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="Oldest HEALTH_FILE allowed, in seconds: the relay or worker on this host that "
+        "touches it stopped being ready (or stopped).",
+    )
 
 
 def check_thresholds(
@@ -201,5 +211,17 @@ def check_thresholds(
         )
         if over:
             crossed.append(f"{gauge} {value:g} > {limit:g}")
+    limit = options.get("max_health_age")
+    if limit is not None:
+        age = health.file_age_seconds()
+        if age is None:
+            raise CommandError("--max-health-age needs HEALTH_FILE set", returncode=1)
+        over = age > limit
+        shown = "missing" if math.isinf(age) else f"{age:.0f}"
+        command.stdout.write(
+            f"{'CROSSED' if over else 'ok':8} health_file_age_seconds = {shown} (limit {limit:g})"
+        )
+        if over:
+            crossed.append(f"health_file_age_seconds {shown} > {limit:g}")
     if crossed:
         raise CommandError("threshold crossed: " + "; ".join(crossed), returncode=2)

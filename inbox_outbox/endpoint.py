@@ -35,7 +35,14 @@ def respond(path: str) -> tuple[int, str, bytes]:
     if path in ("/live", "/ready"):
         state = health.health()
         good = state.live if path == "/live" else state.ready
-        text = json.dumps({"live": state.live, "ready": state.ready, "loops": state.loops})
+        text = json.dumps(
+            {
+                "live": state.live,
+                "ready": state.ready,
+                "loops": state.loops,
+                "conditions": state.conditions,
+            }
+        )
         return (200 if good else 503), "application/json", text.encode()
     return 404, "text/plain", b"not found: /metrics, /live or /ready\n"
 

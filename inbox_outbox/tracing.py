@@ -11,6 +11,10 @@ Three kinds of span tell a message's story across services:
 - ``process <topic>`` (CONSUMER), one per handler run in the inbox: a child of the message's
   creation context when the message is handled alone, linked to it (and a child of the batch's
   own ``process`` span) when it is handled in a batch; the handler's own spans nest inside.
+- ``ack <queue>``, ``nack <queue>``, ``reject <queue>`` (CLIENT, operation type ``settle``),
+  one per settlement the inbox sends the broker once a batch is durable: a child of the
+  message's creation context when it settles one message, linked to each message's creation
+  context when it settles several (one ``basic.ack`` often covers a whole batch).
 
 The apps only decorate their functions with the hooks here. Without ``opentelemetry-api``
 installed every hook returns the function it was given, unchanged: nothing of OpenTelemetry is
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import json
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -477,6 +482,79 @@ def rejects(reject: F) -> F:
             return result
 
     return cast(F, traced)
+
+
+def _delivery_context(message: Any) -> SpanContext | None:
+    """The creation context a broker delivery carries: in its AMQP headers (where the relay
+    puts it), else in its CloudEvent body's ``traceparent`` extension."""
+    headers = getattr(message, "headers", None)
+    if isinstance(headers, Mapping) and "traceparent" in headers:
+        return _span_context(headers)
+    body = getattr(message, "body", None)
+    if not body or b"traceparent" not in (body if isinstance(body, bytes) else body.encode()):
+        return None
+    try:
+        event = json.loads(body)
+    except ValueError:  # not JSON (it was stored rejected): no context
+        return None
+    return _span_context(event) if isinstance(event, dict) else None
+
+
+def _message_id(message: Any) -> str:
+    properties = getattr(message, "properties", None) or {}
+    return str(properties.get("message_id", ""))
+
+
+def settles(operation: str) -> Callable[[F], F]:
+    """Decorate ``settle(messages, ...)``, which settles broker deliveries by ``operation``
+    (``ack``, ``nack`` or ``reject``): a ``settle`` span around it, a child of the creation
+    context of a single message, linked to each one's in a batch."""
+
+    def decorate(settle: F) -> F:
+        if not ENABLED:
+            return settle
+
+        @functools.wraps(settle)
+        def traced(messages: Any, *args: Any, **kwargs: Any) -> Any:
+            if not messages:
+                return settle(messages, *args, **kwargs)
+            conf = get_settings()
+            attributes = _base("settle")
+            attributes["messaging.operation.name"] = operation
+            attributes["messaging.consumer.group.name"] = conf.service
+            parent = None
+            links = []
+            if len(messages) == 1:
+                attributes["messaging.message.id"] = _message_id(messages[0])
+                if (context := _delivery_context(messages[0])) is not None:
+                    parent = trace.set_span_in_context(NonRecordingSpan(context))
+            else:
+                attributes["messaging.batch.message_count"] = len(messages)
+                for message in messages:
+                    if (context := _delivery_context(message)) is not None:
+                        links.append(Link(context, {"messaging.message.id": _message_id(message)}))
+                        if len(links) == MAX_LINKS:
+                            break
+            span = _tracer().start_span(
+                f"{operation} {conf.queue_name}",
+                context=parent,
+                kind=SpanKind.CLIENT,
+                attributes=attributes,
+                links=links,
+            )
+            try:
+                return settle(messages, *args, **kwargs)
+            except BaseException as exc:
+                span.record_exception(exc)
+                span.set_attribute("error.type", _error_type(exc))
+                span.set_status(StatusCode.ERROR, str(exc)[:200])
+                raise
+            finally:
+                span.end()
+
+        return cast(F, traced)
+
+    return decorate
 
 
 def fails(failure: F) -> F:

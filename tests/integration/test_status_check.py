@@ -1,7 +1,10 @@
 """outbox_status --check / inbox_status --check: exit status 2 when a threshold is crossed."""
 
+import os
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 from django.db import transaction
@@ -44,3 +47,36 @@ def test_inbox_status_check_fails_on_dead_messages():
     assert crossed.returncode == 2, crossed.stdout + crossed.stderr
     assert "inbox_dead_messages = 1" in crossed.stdout
     assert run("inbox_status", "--check", "--max-dead", "1").returncode == 0
+
+
+def test_a_health_file_older_than_allowed_or_missing_fails_the_check(tmp_path):
+    health_file = tmp_path / "worker.health"
+    setting = {"INBOX_OUTBOX_HEALTH_FILE": f'"{health_file}"'}
+
+    def check(limit):
+        return subprocess.run(
+            [sys.executable, "manage.py", "inbox_status", "--check", "--max-health-age", limit],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "DJANGO_SETTINGS_MODULE": "tests.settings",
+                "DATABASE_URL": test_database_url(),
+                **setting,
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    missing = check("60")
+    assert missing.returncode == 2, missing.stdout + missing.stderr
+    assert "health_file_age_seconds = missing" in missing.stdout
+    health_file.touch()
+    fresh = check("60")
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    stale = time.time() - 120
+    os.utime(health_file, (stale, stale))  # a process that stopped being ready 2 minutes ago
+    old = check("60")
+    assert old.returncode == 2, old.stdout + old.stderr
+    (age,) = re.findall(r"CROSSED  health_file_age_seconds = (\d+) \(limit 60\)", old.stdout)
+    assert 120 <= int(age) < 180  # its age then, plus this command's start

@@ -1,6 +1,7 @@
 """The telemetry endpoint of real relay and worker processes: Prometheus scraped while traffic
 flows, and /live and /ready going unhealthy when a dependency is cut, and healthy again."""
 
+import json
 import socket
 import threading
 import time
@@ -146,6 +147,42 @@ def test_the_workers_readiness_follows_its_database(processes, broker_url, names
         assert "database" in get(port, "/ready")[1]
         proxy.restore()
         wait_until(lambda: get(port, "/ready")[0] == 200, timeout=60, message="ready again")
+
+
+def test_the_workers_readiness_and_health_file_follow_its_broker_connection(
+    processes, broker_url, names, tmp_path
+):
+    port = free_port()
+    health_file = tmp_path / "worker.health"
+    host = urlsplit(broker_url)
+    with TcpProxy((host.hostname or "127.0.0.1", host.port or 5672)) as proxy:
+        start_workers(
+            processes,
+            broker_url,
+            names,
+            CELERY_BROKER_URL=proxy.via(broker_url),
+            INBOX_OUTBOX_TELEMETRY_PORT=str(port),
+            INBOX_OUTBOX_INBOX_SWEEP_INTERVAL="0.3",
+            INBOX_OUTBOX_HEALTH_FILE=json.dumps(str(health_file)),
+        )
+        wait_until(lambda: get(port, "/ready")[0] == 200, timeout=30, message="ready")
+        wait_until(health_file.exists, timeout=10, message="the health file")
+        proxy.cut()
+        wait_until(lambda: get(port, "/ready")[0] == 503, timeout=30, message="not ready")
+        assert "broker" in get(port, "/ready")[1]
+        assert get(port, "/live")[0] == 200  # the sweep still turns: not a restart case
+        # Not touched while not ready, though the sweep keeps beating healthily.
+        touched = health_file.stat().st_mtime
+        time.sleep(1.5)
+        assert get(port, "/ready")[0] == 503
+        assert health_file.stat().st_mtime == touched
+        proxy.restore()
+        wait_until(lambda: get(port, "/ready")[0] == 200, timeout=90, message="ready again")
+        wait_until(
+            lambda: health_file.stat().st_mtime > touched,
+            timeout=10,
+            message="the health file touched again",
+        )
 
 
 def test_the_web_process_view_serves_its_publish_counts_and_the_gauges(client, names):

@@ -131,3 +131,89 @@ def test_a_rejected_delivery_has_a_process_span_saying_rejected(exporter):
     (span,) = finished(exporter, "process")
     assert span.attributes["inbox_outbox.outcome"] == "rejected"
     assert span.attributes["error.type"] == "rejected"
+
+
+def relayed_deliveries(broker_url, count):
+    """Publish ``count`` messages in one traced transaction, relay them to the real broker,
+    and take them from the service queue unacknowledged: (deliveries, create spans by id)."""
+    from inbox.consumer import QueueConsumer
+    from outbox.relay import Relay
+    from tests.conftest import wait_until
+
+    queue_consumer = QueueConsumer(broker_url)
+    queue_consumer.declare()
+    with trace.get_tracer("test").start_as_current_span("POST /orders"), transaction.atomic():
+        for n in range(count):
+            publish("test.traced", {"n": n})
+    relay = Relay()
+    try:
+        relay.drain()
+    finally:
+        relay.close()
+    queue = queue_consumer.queue(queue_consumer.connection.default_channel)
+    deliveries = []
+
+    def take():
+        message = queue.get(no_ack=False)
+        if message is not None:
+            deliveries.append(message)
+        return len(deliveries) == count
+
+    wait_until(take, timeout=10, message="the relayed messages in the queue")
+    return queue_consumer, deliveries
+
+
+def creates_by_id(exporter):
+    return {s.attributes["messaging.message.id"]: s for s in finished(exporter, "create")}
+
+
+def test_a_batch_acknowledged_at_once_has_one_ack_span_linked_to_every_message(
+    exporter, names, broker_url, settings
+):
+    from inbox.consumer import Receiver
+
+    settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "INBOX_BATCH_SIZE": 3}
+    queue_consumer, deliveries = relayed_deliveries(broker_url, 3)
+    try:
+        receiver = Receiver()
+        for delivery in deliveries:
+            receiver(delivery)  # the third fills the batch: handled, then settled
+        assert receiver.handled == 3
+    finally:
+        queue_consumer.close()
+    creates = creates_by_id(exporter)
+    (ack,) = finished(exporter, "ack ")
+    assert ack.name == f"ack {names.queue}"
+    assert ack.kind is trace.SpanKind.CLIENT
+    assert ack.attributes["messaging.operation.type"] == "settle"
+    assert ack.attributes["messaging.operation.name"] == "ack"
+    assert ack.attributes["messaging.batch.message_count"] == 3
+    assert ack.attributes["messaging.consumer.group.name"] == names.service
+    assert {
+        (link.attributes["messaging.message.id"], link.context.span_id) for link in ack.links
+    } == {(id, span.get_span_context().span_id) for id, span in creates.items()}
+    (batch,) = [s for s in finished(exporter, "process") if s.parent is None]
+    assert ack.start_time >= batch.end_time  # acknowledged after the batch committed
+
+
+def test_a_message_settled_alone_is_acked_nacked_or_rejected_under_its_creation_context(
+    exporter, names, broker_url
+):
+    from inbox.consumer import Receiver, Settle
+
+    queue_consumer, deliveries = relayed_deliveries(broker_url, 3)
+    outcomes = [Settle.ACK, Settle.REQUEUE, Settle.DEAD_LETTER]
+    try:
+        Receiver().settle(deliveries, outcomes)
+    finally:
+        queue_consumer.close()
+    creates = creates_by_id(exporter)
+    for delivery, operation in zip(deliveries, ("ack", "nack", "reject"), strict=True):
+        (span,) = finished(exporter, f"{operation} ")
+        message_id = delivery.properties["message_id"]
+        assert span.attributes["messaging.operation.name"] == operation
+        assert span.attributes["messaging.operation.type"] == "settle"
+        assert span.attributes["messaging.message.id"] == message_id
+        assert "messaging.batch.message_count" not in span.attributes
+        assert span.parent.span_id == creates[message_id].get_span_context().span_id
+        assert span.context.trace_id == creates[message_id].get_span_context().trace_id

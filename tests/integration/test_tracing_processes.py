@@ -40,7 +40,8 @@ def test_one_trace_runs_from_the_request_through_create_send_and_process_to_the_
     def process_and_work():
         found = spans.read(worker_spans)
         names_found = {s.name for s in found}
-        return found if {"process test.traced", "handler work"} <= names_found else None
+        wanted = {"process test.traced", "handler work", f"ack {names.queue}"}
+        return found if wanted <= names_found else None
 
     worker = wait_until(process_and_work, timeout=10, message="the worker's spans")
     sent = wait_until(lambda: spans.read(relay_spans), timeout=10, message="the relay's spans")
@@ -64,3 +65,8 @@ def test_one_trace_runs_from_the_request_through_create_send_and_process_to_the_
     assert process.trace_id == trace_id and process.parent_id == create_id
     (work,) = [s for s in worker if s.name == "handler work"]
     assert work.parent_id == process.span_id and work.trace_id == process.trace_id
+    # The worker acknowledged it after the commit, in the same trace.
+    (ack,) = [s for s in worker if s.name == f"ack {names.queue}"]
+    assert ack.attributes["messaging.operation.type"] == "settle"
+    assert ack.attributes["messaging.message.id"] == str(message.id)
+    assert ack.trace_id == trace_id and ack.parent_id == create_id
