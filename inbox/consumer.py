@@ -331,7 +331,9 @@ class QueueConsumer:
             receiver.flush()
 
     def _connection_errors(self) -> tuple[type[BaseException], ...]:
-        return (*self.connection.connection_errors, *self.connection.channel_errors, OSError)
+        """What a dropped connection raises; not a channel's errors (a queue missing or of
+        another type), which no reconnect cures."""
+        return (*self.connection.connection_errors, OSError)
 
     def _ensure_connection(self) -> None:
         """Connected, within ``reconnect_timeout``, with every call on it bounded."""
@@ -376,5 +378,5 @@ class QueueConsumer:
     def close(self) -> None:
         try:
             self.connection.release()
-        except self._connection_errors():  # gone or not answering: drop it without a word
-            self.connection.collect()
+        except (*self._connection_errors(), *self.connection.channel_errors):
+            self.connection.collect()  # gone or not answering: drop it without a word

@@ -127,3 +127,18 @@ def test_queue_consumer_gives_up_after_its_reconnect_timeout_when_no_node_answer
         worker.close()
     assert 4 <= waited < 4 + 15  # the timeout, plus at most a connect timeout or two
     assert len(handled_ids()) >= 5  # the first batch, durable before the cut
+
+
+@pytest.mark.timeout(60)
+def test_queue_consumer_raises_a_channel_error_instead_of_reconnecting(names, broker_url, settings):
+    """A queue of another type is no dropped connection: reconnecting would not cure it."""
+    with kombu.Connection(broker_url) as conn:
+        kombu.Queue(names.queue, durable=True)(conn.default_channel).declare()  # classic
+    settings.INBOX_OUTBOX = {**settings.INBOX_OUTBOX, "QUEUE_TYPE": "quorum"}
+    worker = QueueConsumer(broker_url)
+    try:
+        with pytest.raises(amqp.exceptions.PreconditionFailed):
+            worker.drain(idle_timeout=1.0)
+        assert worker.reconnects == 0
+    finally:
+        worker.close()
