@@ -292,7 +292,7 @@ class QueueConsumer:
         self.queue = service_queue()
         self.reconnect_timeout = reconnect_timeout
         self.call_timeout = call_timeout
-        #: How many times the connection dropped and was made again.
+        #: How many times the connection dropped (each followed by a reconnect).
         self.reconnects = 0
 
     def declare(self) -> None:
