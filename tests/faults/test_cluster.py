@@ -92,15 +92,17 @@ def test_each_node_restarted_in_turn(system, cluster_nodes, names, broker_url):
     # restart on a fast run, and the wait for progress then had nothing left to see).
     upgraded = threading.Event()
     producer = start_flow(system, cluster, names, broker_url, pace=0.01, until=upgraded)
-    progress_beyond(300)
-    for node in (1, 2, 3):
-        assert not producer.done.is_set(), f"the flow ended before qc{node}'s restart"
-        before = effects_so_far()
-        cluster.ctl(node, "shutdown")
-        progress_beyond(before + 150)  # the other two carry the flow
-        cluster.start(node)
-        time.sleep(1)
-    upgraded.set()
+    try:
+        progress_beyond(300)
+        for node in (1, 2, 3):
+            assert not producer.done.is_set(), f"the flow ended before qc{node}'s restart"
+            before = effects_so_far()
+            cluster.shutdown(node)
+            progress_beyond(before + 150)  # the other two carry the flow
+            cluster.start(node)
+            time.sleep(1)
+    finally:
+        upgraded.set()  # also when a step failed: no producer left writing past the test
     settle(producer=producer, timeout=300)
     check_books(minimum=producer.expected)
     assert all(p.poll() is None for p in [*system.relays, *system.workers]), "a process died"
