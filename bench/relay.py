@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/relay.py [--messages 100000] [--transactions 9000] [--breakdown]
     .venv/bin/python bench/relay.py --tracing [--messages 20000] [--tracing-rounds 3]
+    .venv/bin/python bench/relay.py --queue-type quorum [--messages 20000]
 
 1. Relay: drain a backlog of N outbox rows to RabbitMQ (confirmed, routed to a queue), against
    a bare baseline that publishes the same bodies with py-amqp and a window of publisher
@@ -13,6 +14,12 @@
 ``--tracing`` runs only part 1 (the relay, no baseline), with tracing off, with the trace
 context carried but no SDK, and on, in rotated order, and prints the ratios of the medians of
 the wall-clock rates and of the relay's CPU time per message.
+
+``--queue-type quorum`` runs only part 1, on the three-node cluster of
+``bin/rabbitmq-cluster`` (started if it is down; 127.0.0.1:5701-5703): the relay and the
+baseline both publish to one quorum queue (members on all three nodes) through its leader's
+node, with the relay given all three nodes' URLs as its failover list. Beside it, for
+comparison, the same pair on a classic queue on that node. Everything it declares it deletes.
 
 ``--breakdown`` runs only part 2, splitting publish()'s cost into its Python, the extra
 statement in the commit's round trip, and the row itself.
@@ -73,8 +80,17 @@ def main() -> None:
         action="store_true",
         help="only the publish() part, with two more variants that show where its cost goes",
     )
+    parser.add_argument(
+        "--queue-type",
+        choices=("classic", "quorum"),
+        default="classic",
+        help="quorum: only the relay, on a quorum queue of the three-node cluster",
+    )
     args = parser.parse_args()
     django_setup()
+    if args.queue_type == "quorum":
+        bench_quorum(args.messages, args.keys)
+        return
     if args.claim:
         bench_claim(
             [int(n) for n in args.sent.split(",") if n], args.blocked, args.scheduled, args.rounds
@@ -98,6 +114,31 @@ def main() -> None:
     print(f"  with the same row by a plain INSERT:   {tx['raw_sql']:,.0f} tx/s")
     print(f"ratio:     {tx['publish'] / tx['without']:.3f}x (target >= 0.74)")
     print(f"plain:     {tx['raw_sql'] / tx['without']:.3f}x for the hand-written INSERT")
+
+
+def bench_quorum(count: int, keys: int) -> None:
+    """The relay and the bare confirmed-publish baseline on a quorum queue of the three-node
+    cluster, then on a classic queue on the same node, in one run."""
+    from tests.cluster import Cluster, node_url
+
+    cluster = Cluster()
+    cluster.start()  # the nodes that are down; a running cluster is left as it is
+    print(f"cluster: {cluster.url()} (the relay's failover list; the queues on qc1)")
+    quorum, quorum_base = bench_relay(
+        count, keys, urls=cluster.url(), queue_arguments={"x-queue-type": "quorum"}
+    )
+    classic, classic_base = bench_relay(count, keys, urls=node_url(1))
+    print(f"quorum relay:      {quorum:,.0f} msg/s for a {count:,}-message backlog")
+    print(
+        f"quorum baseline:   {quorum_base:,.0f} msg/s (py-amqp, window of 100 confirms, same queue)"
+    )
+    print(f"ratio:             {quorum / quorum_base:.2f}x of the baseline (target >= 0.60)")
+    print(f"classic relay:     {classic:,.0f} msg/s (a classic queue on the same node)")
+    print(f"classic baseline:  {classic_base:,.0f} msg/s")
+    print(f"ratio:             {classic / classic_base:.2f}x of the baseline")
+    print(
+        f"quorum/classic:    relay {quorum / classic:.2f}x, baseline {quorum_base / classic_base:.2f}x"
+    )
 
 
 def _forget(exporter):  # type: ignore[no-untyped-def]
@@ -206,33 +247,75 @@ def _messages(count: int) -> list[tuple[bytes, dict]]:
 
 
 def bench_relay(  # type: ignore[no-untyped-def]
-    count: int, keys: int, before_drain=None, headers=None, baseline=True, cpu=None
+    count: int,
+    keys: int,
+    before_drain=None,
+    headers=None,
+    *,
+    urls: str | None = None,
+    queue_arguments: dict[str, object] | None = None,
+    baseline: bool = True,
+    cpu: list[float] | None = None,
 ) -> tuple[float, float]:
-    """The relay's rate draining ``count`` messages, and the py-amqp baseline's (0.0 without
-    ``baseline``); ``cpu``, a list, gets the relay's user CPU seconds for the drain."""
-    import amqp
+    """The relay's rate and the baseline's, one after the other publishing ``count``
+    messages to one queue (declared with ``queue_arguments``, e.g. a quorum queue's) on
+    ``urls`` (by default the configured broker; several URLs: the relay's failover list,
+    the queue and the baseline on the first). The exchange and the queue are deleted
+    afterwards, also when a part fails. Without ``baseline`` its rate is 0.0; ``cpu`` gets
+    the relay's user CPU seconds for the drain."""
     import kombu
     from django.conf import settings
-    from django.db import connection
 
     from inbox_outbox.conf import broker_url
-    from outbox.models import OutboxMessage
-    from outbox.relay import Relay
 
     tag = uuid.uuid4().hex[:8]
     settings.INBOX_OUTBOX = {
         **settings.INBOX_OUTBOX,
         "EXCHANGE": f"bench-{tag}",
         "SERVICE": f"bench-{tag}",
+        **({"BROKER_URL": urls} if urls else {}),
     }
     from inbox_outbox.conf import get_settings
 
     get_settings.cache_clear()
-    url = broker_url()
+    url = broker_url().split(";")[0]  # where the queue is declared, its leader's node
     exchange = kombu.Exchange(f"bench-{tag}", "topic", durable=True)
-    queue = kombu.Queue(f"bench-{tag}", exchange=exchange, routing_key="bench.#", durable=True)
+    queue = kombu.Queue(
+        f"bench-{tag}",
+        exchange=exchange,
+        routing_key="bench.#",
+        durable=True,
+        queue_arguments=queue_arguments,
+    )
     with kombu.Connection(url) as conn:
         queue(conn.default_channel).declare()
+    try:
+        return _relay_and_baseline(
+            count,
+            keys,
+            url,
+            tag,
+            queue,
+            before_drain=before_drain,
+            headers=headers,
+            baseline=baseline,
+            cpu=cpu,
+        )
+    finally:
+        _purge(url, queue, delete=True)
+        with kombu.Connection(url) as c:
+            c.default_channel.exchange_delete(f"bench-{tag}")
+
+
+def _relay_and_baseline(  # type: ignore[no-untyped-def]
+    count: int, keys: int, url: str, tag: str, queue, *, before_drain, headers, baseline, cpu
+) -> tuple[float, float]:
+    import amqp
+    import kombu
+    from django.db import connection
+
+    from outbox.models import OutboxMessage
+    from outbox.relay import Relay
 
     # Fill the backlog (not timed).
     with connection.cursor() as cursor:
@@ -265,9 +348,6 @@ def bench_relay(  # type: ignore[no-untyped-def]
     assert settled == count, f"relay settled {settled} of {count}"
     assert OutboxMessage.objects.sent().count() == count, "not every message was marked sent"
     if not baseline:
-        _purge(url, queue, delete=True)
-        with kombu.Connection(url) as c:
-            c.default_channel.exchange_delete(f"bench-{tag}")
         return count / relay_seconds, 0.0
     _purge(url, queue)
 
@@ -312,9 +392,6 @@ def bench_relay(  # type: ignore[no-untyped-def]
         conn.drain_events(timeout=30)
     base_seconds = time.perf_counter() - started
     conn.close()
-    _purge(url, queue, delete=True)
-    with kombu.Connection(url) as c:
-        c.default_channel.exchange_delete(f"bench-{tag}")
     return count / relay_seconds, count / base_seconds
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -15,7 +16,7 @@ from django.db import connections
 
 from inbox_outbox import tracing
 from inbox_outbox.backoff import backoff_seconds
-from inbox_outbox.broker import connect
+from inbox_outbox.broker import bound_calls, connect
 from inbox_outbox.conf import get_settings
 from inbox_outbox.faults import blames_content
 from inbox_outbox.limits import printable
@@ -33,6 +34,11 @@ logger = logging.getLogger(__name__)
 DATABASE_DOWN_PAUSE = 1.0
 #: The longest pause between two tries while deliveries are held.
 DATABASE_DOWN_MAX_PAUSE = 15.0
+#: How long :class:`QueueConsumer` tries to reach the broker (every node of its failover
+#: list in turn) before it gives up, in seconds.
+RECONNECT_TIMEOUT = 30.0
+#: The longest any single read or write on :class:`QueueConsumer`'s socket may block.
+CALL_TIMEOUT = 5.0
 
 
 class _DatabaseDown(Exception):
@@ -275,22 +281,53 @@ def _delivery(message: kombu.Message) -> Delivery:
 
 
 class QueueConsumer:
-    """A plain kombu consumer of the service queue, outside Celery (the demo uses it)."""
+    """A plain kombu consumer of the service queue, outside Celery (the demo uses it).
+
+    When its broker connection drops (the node stopped, killed or cut off), it reconnects,
+    to the next node first when ``url`` lists several (kombu's failover list), trying the
+    nodes in turn for up to ``reconnect_timeout`` seconds before it raises kombu's
+    ``OperationalError``, and consumes on. What it held unacknowledged goes back to the
+    queue with the dead connection and is delivered again; what of it was already durable
+    is a duplicate the inbox recognises. Every network call is bounded: connecting by
+    ``CONNECT_TIMEOUT`` (:func:`inbox_outbox.broker.connect`), every other read or write by
+    ``call_timeout``.
+    """
 
     def __init__(
-        self, url: str | None = None, *, connection: kombu.Connection | None = None
+        self,
+        url: str | None = None,
+        *,
+        connection: kombu.Connection | None = None,
+        reconnect_timeout: float = RECONNECT_TIMEOUT,
+        call_timeout: float = CALL_TIMEOUT,
     ) -> None:
         self.connection = connection or connect(url)
         self.queue = service_queue()
+        self.reconnect_timeout = reconnect_timeout
+        self.call_timeout = call_timeout
+        #: How many times the connection dropped (each followed by a reconnect).
+        self.reconnects = 0
 
     def declare(self) -> None:
         """Declare the service's topology (raises ``TopologyMismatch`` for a queue of
         another type or other arguments)."""
+        self._ensure_connection()
         topology.declare(self.connection)
 
     def drain(self, *, idle_timeout: float = 1.0) -> int:
-        """Consume until no message arrives for ``idle_timeout`` seconds; return the count."""
+        """Consume until no message arrives for ``idle_timeout`` seconds; return the count
+        handled (a delivery handled again after a reconnect counts again)."""
         receiver = Receiver()
+        while True:
+            self._ensure_connection()
+            try:
+                self._consume(receiver, idle_timeout=idle_timeout)
+            except self._connection_errors() as exc:
+                self._lost(exc, receiver)
+                continue
+            return receiver.handled
+
+    def _consume(self, receiver: Receiver, *, idle_timeout: float) -> None:
         idle_since = time.monotonic()
         with kombu.Consumer(
             self.connection.default_channel,
@@ -302,10 +339,57 @@ class QueueConsumer:
                 try:
                     self.connection.drain_events(timeout=receiver.delay or 0.01)
                     idle_since = time.monotonic()
-                except TimeoutError:
+                except TimeoutError:  # an OSError too: before the connection's errors
                     receiver.flush()
             receiver.flush()
-        return receiver.handled
+
+    def _connection_errors(self) -> tuple[type[BaseException], ...]:
+        """What a dropped connection raises; not a channel's errors (a queue missing or of
+        another type), which no reconnect cures."""
+        return (*self.connection.connection_errors, OSError)
+
+    def _ensure_connection(self) -> None:
+        """Connected, within ``reconnect_timeout``, with every call on it bounded."""
+        if self.connection.connected:
+            return
+
+        def failed(exc: Exception, interval: float) -> None:
+            logger.warning(
+                "inbox: cannot reach the broker at %s (%s); trying %s in %.1fs",
+                self.connection.as_uri(),
+                printable(exc, 500),
+                "the next node" if self.connection.alt else "again",
+                interval,
+            )
+
+        self.connection.ensure_connection(
+            errback=failed,
+            interval_start=1,  # between rounds over every node; none between two nodes
+            interval_step=1,
+            interval_max=5,
+            timeout=math.ceil(self.reconnect_timeout),
+        )
+        bound_calls(self.connection, self.call_timeout)
+
+    def _lost(self, exc: BaseException, receiver: Receiver) -> None:
+        """The connection dropped: forget it (no closing handshake with a broker that may be
+        gone) and what it delivered, and move to the next node, if any."""
+        dropped = len(receiver.pending)
+        receiver.pending.clear()  # unacknowledged: the broker delivers them again
+        self.connection.collect()
+        if self.connection.alt:
+            self.connection.maybe_switch_next()
+        self.reconnects += 1
+        logger.warning(
+            "inbox: broker connection lost (%s); %d unacknowledged deliveries go back to the "
+            "queue; reconnecting to %s",
+            printable(exc, 500),
+            dropped,
+            self.connection.as_uri(),
+        )
 
     def close(self) -> None:
-        self.connection.release()
+        try:
+            self.connection.release()
+        except (*self._connection_errors(), *self.connection.channel_errors):
+            self.connection.collect()  # gone or not answering: drop it without a word

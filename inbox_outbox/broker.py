@@ -27,6 +27,18 @@ def connect(url: str | None = None) -> kombu.Connection:
     )
 
 
+def bound_calls(connection: kombu.Connection, seconds: float) -> None:
+    """Bound every later read and write on ``connection``'s socket to ``seconds``.
+
+    py-amqp leaves the socket blocking with no timeout once connected (its ``drain_events``
+    sets its own timeout and restores this one). Transports without a socket (kombu's
+    in-memory one) have nothing to bound."""
+    transport = getattr(connection.connection, "transport", None)
+    sock = getattr(transport, "sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
+
+
 class Nodes:
     """The broker's nodes (one URL each) in the order a long-lived process tries them.
 

@@ -36,7 +36,7 @@ import amqp
 import kombu
 from django.utils import timezone
 
-from inbox_outbox.broker import Nodes, has_confirms
+from inbox_outbox.broker import Nodes, bound_calls, has_confirms
 from inbox_outbox.cloudevents import Outgoing
 
 from .exceptions import BrokerUnavailable
@@ -159,9 +159,7 @@ class AmqpPublisher(Publisher):
 
     def _open(self, connection: kombu.Connection) -> Any:
         connection.connect()
-        # py-amqp leaves the socket blocking with no timeout once connected; bound every
-        # call from here on (drain_events sets its own timeout and restores this one).
-        connection.connection.transport.sock.settimeout(self.call_timeout)
+        bound_calls(connection, self.call_timeout)
         # py-amqp's Channel on this transport (its stubs lack ``events``).
         channel: Any = connection.channel()
         channel.exchange_declare(self.exchange, "topic", durable=True, auto_delete=False)

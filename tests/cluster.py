@@ -71,6 +71,29 @@ class Cluster:
             raise RuntimeError(f"rabbitmqctl -n {node_name(node)} {' '.join(args)}: {done.stderr}")
         return done.stdout
 
+    def shutdown(self, node: int) -> None:
+        """Stop ``node``'s RabbitMQ and its VM (``rabbitmqctl shutdown``) and wait until it no
+        longer serves.
+
+        RabbitMQ 3.10 sometimes answers ``Error trying to stop RabbitMQ:
+        {badmatch,{error,enoent}}`` (exit code 1) and halts all the same; that counts as
+        stopped once the node's port is closed and its VM gone, anything else is raised."""
+        try:
+            self.ctl(node, "shutdown")
+        except RuntimeError:
+            deadline = time.monotonic() + 30
+            while self.serving(node) or self._vm_alive(node):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _vm_alive(self, node: int) -> bool:
+        try:
+            self.pid(node)
+        except RuntimeError:  # bin/rabbitmq-cluster pid: not running
+            return False
+        return True
+
     def stop_app(self, node: int) -> None:
         """Stop RabbitMQ on ``node``, its VM left running (the node leaves the cluster's
         majority: a minority node cut off)."""

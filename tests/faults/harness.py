@@ -89,6 +89,8 @@ class Producer(threading.Thread):
     ``slow_every``: that transaction takes an id early and commits ``slow_seconds`` later,
     so commits come out of id order. Database errors (a terminated connection) just lose
     that transaction, like any client's.
+    ``until``: ``count`` is the least it publishes; it goes on (up to ``10 * count``) until
+    the event is set, so a flow outlasts faults that take as long as they take.
     """
 
     count: int
@@ -102,17 +104,21 @@ class Producer(threading.Thread):
     slow_seconds: float = 0.5
     first_payloads: dict[int, dict[str, Any]] = field(default_factory=dict)
     source: Source = HERE
+    until: threading.Event | None = None
 
     def __post_init__(self) -> None:
         super().__init__(daemon=True)
         self.errors = 0
+        #: Transactions attempted so far (with ``until``, what ``expected`` counts from).
+        self.published = 0
         self.done = threading.Event()
 
     @property
     def expected(self) -> int:
         """Transactions meant to commit; each database error may lose one more."""
-        rolled_back = len(range(0, self.count, self.rollback_every)) if self.rollback_every else 0
-        return self.count - rolled_back - self.errors
+        count = self.count if self.until is None else self.published
+        rolled_back = len(range(0, count, self.rollback_every)) if self.rollback_every else 0
+        return count - rolled_back - self.errors
 
     def key(self, n: int) -> str | None:
         if self.keyless_every and n % self.keyless_every == 0:
@@ -124,12 +130,15 @@ class Producer(threading.Thread):
     def run(self) -> None:
         try:
             slow: list[threading.Thread] = []
-            for n in range(self.count):
+            for n in range(self.count if self.until is None else 10 * self.count):
+                if n >= self.count and (self.until is None or self.until.is_set()):
+                    break
                 if self.slow_every and n % self.slow_every == 0:
                     slow.append(threading.Thread(target=self._slow, args=(n,), daemon=True))
                     slow[-1].start()
                 else:
                     self._one(n)
+                self.published = n + 1
                 if self.pace:
                     time.sleep(self.pace)
             for thread in slow:
