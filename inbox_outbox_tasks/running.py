@@ -17,12 +17,11 @@ from typing import Any
 
 from django.db import connections, router
 from django.db.models.functions import Now
-from django.utils.json import normalize_json
 
 from inbox import Message
 
 from .backend import _result, _task
-from .compat import TaskContext, TaskResultStatus, task_finished, task_started
+from .compat import TaskContext, TaskResultStatus, normalize_json, task_finished, task_started
 from .models import Status, TaskRun
 
 logger = logging.getLogger(__name__)
