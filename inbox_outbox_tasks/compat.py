@@ -29,6 +29,17 @@ else:
     try:
         import django.tasks  # noqa: F401  # Django 6.0+
     except ImportError:
+        _BUILT_IN = False
+    else:
+        _BUILT_IN = True
+    if _BUILT_IN:
+        from django.tasks import Task, TaskResultStatus, task, task_backends
+        from django.tasks.backends.base import BaseTaskBackend
+        from django.tasks.base import TaskContext, TaskError, TaskResult
+        from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+        from django.tasks.signals import task_enqueued, task_finished, task_started
+        from django.utils.json import normalize_json
+    else:
         try:
             from django_tasks import TaskResultStatus, task, task_backends
             from django_tasks.backends.base import BaseTaskBackend
@@ -48,13 +59,6 @@ else:
                 "inbox_outbox_tasks needs django-tasks 0.12 or later (this one names the "
                 "finished state SUCCEEDED): pip install 'django-tasks>=0.12'."
             )
-    else:
-        from django.tasks import Task, TaskResultStatus, task, task_backends
-        from django.tasks.backends.base import BaseTaskBackend
-        from django.tasks.base import TaskContext, TaskError, TaskResult
-        from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
-        from django.tasks.signals import task_enqueued, task_finished, task_started
-
 
 __all__ = [
     "BaseTaskBackend",

@@ -17,6 +17,7 @@ from typing import Any
 
 from django.db import connections, router
 from django.db.models.functions import Now
+from django.utils import timezone
 
 from inbox import Message
 
@@ -89,7 +90,7 @@ def _unrecorded(message: Message) -> TaskRun:
         backend=body.get("backend", "default"),
         args=body.get("args", []),
         kwargs=body.get("kwargs", {}),
-        enqueued_at=message.time,
+        enqueued_at=message.time or timezone.now(),  # a CloudEvent's time is optional
     )
 
 

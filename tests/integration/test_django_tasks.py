@@ -10,7 +10,6 @@ import math
 import time
 
 import pytest
-
 from django.db import transaction
 from django.utils import timezone
 
