@@ -17,12 +17,12 @@ from typing import Any
 
 from django.db import connections, router
 from django.db.models.functions import Now
-from django.utils.json import normalize_json
+from django.utils import timezone
 
 from inbox import Message
 
 from .backend import _result, _task
-from .compat import TaskContext, TaskResultStatus, task_finished, task_started
+from .compat import TaskContext, TaskResultStatus, normalize_json, task_finished, task_started
 from .models import Status, TaskRun
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def _unrecorded(message: Message) -> TaskRun:
         backend=body.get("backend", "default"),
         args=body.get("args", []),
         kwargs=body.get("kwargs", {}),
-        enqueued_at=message.time,
+        enqueued_at=message.time or timezone.now(),  # a CloudEvent's time is optional
     )
 
 

@@ -72,11 +72,13 @@ def send_task(
         expires=expires,  # no eta: the outbox holds the task until it is due
     )
     args_list, kwargs_dict, embed = message.body
+    ttl, expires_at = _expiry(expires, countdown=countdown, eta=eta, header=message.headers)
     publish(
         f"{TASK_TOPIC_PREFIX}{name}",
         [list(args_list), kwargs_dict, embed],
         headers={**message.headers, ROUTE_HEADER: routed["queue"].name},
-        ttl=_ttl(expires, countdown=countdown, eta=eta),
+        ttl=ttl,
+        expires_at=expires_at,
         delay=countdown,
         deliver_at=eta,
         using=using,
@@ -84,17 +86,28 @@ def send_task(
     return AsyncResult(task_id, app=app)
 
 
-def _ttl(
-    expires: float | dt.datetime | None, *, countdown: float | None, eta: dt.datetime | None
-) -> float | None:
-    """The row's time to live, which counts from its due time, for a task that expires at
-    ``expires`` (seconds from now, or a moment)."""
+def _expiry(
+    expires: float | dt.datetime | None,
+    *,
+    countdown: float | None,
+    eta: dt.datetime | None,
+    header: dict[str, Any],
+) -> tuple[float | None, dt.datetime | None]:
+    """The task row's expiry, as ``publish()``'s ``(ttl, expires_at)``, for a task that
+    expires at ``expires`` (a moment, or seconds from now); never worked out on this host's
+    clock against the database's.
+
+    A moment is the row's ``expires_at`` as given. Seconds are a TTL, which counts from the
+    due time: the seconds less the countdown (both from the insert, on the database's
+    clock). With an ``eta`` (a moment) the row expires at the moment Celery wrote in the
+    task's ``expires`` header, the one the worker enforces."""
     if expires is None:
-        return None
-    now = dt.datetime.now(dt.UTC)
-    left = expires if isinstance(expires, int | float) else (expires - now).total_seconds()
-    until_due = countdown or ((eta - now).total_seconds() if eta is not None else 0.0)
-    return max(0.001, left - max(0.0, until_due))
+        return None, None
+    if isinstance(expires, dt.datetime):
+        return None, expires
+    if eta is not None:
+        return None, dt.datetime.fromisoformat(str(header["expires"]))
+    return max(0.001, expires - (countdown or 0.0)), None
 
 
 class OutboxTask(celery.Task[Any, Any]):

@@ -44,6 +44,7 @@ def publish(
     ttl: dt.timedelta | float | None = None,
     delay: dt.timedelta | float | None = None,
     deliver_at: dt.datetime | None = None,
+    expires_at: dt.datetime | None = None,
     using: str | None = None,
 ) -> OutboxMessage:
     """Record a message to publish once the surrounding transaction commits.
@@ -57,7 +58,9 @@ def publish(
     With ``delay`` (seconds or a timedelta, from the database's clock when the row is
     written) or ``deliver_at`` (an aware datetime), the message is ``scheduled``: the relay
     sends it no earlier than that, on the database's clock, and ``outbox.cancel()`` can
-    withdraw it until then. A ``ttl`` counts from the due time. A delayed keyed message
+    withdraw it until then. A ``ttl`` counts from the due time; ``expires_at`` (an aware
+    datetime, not with ``ttl``) is an expiry stored as given and compared with the
+    database's clock: the message is not sent from then on. A delayed keyed message
     takes its sequence now and holds its key back until it is sent: later messages of the
     key wait for it.
     """
@@ -68,6 +71,7 @@ def publish(
     headers = validation.headers(headers)
     ttl_seconds = validation.ttl_seconds(ttl)
     due = validation.due(delay, deliver_at, ttl_seconds)
+    expiry_at = validation.expires_at(expires_at, ttl_seconds=ttl_seconds)
     alias = using or router.db_for_write(OutboxMessage)
     connection = connections[alias]
     if conf.require_atomic and not connection.in_atomic_block:
@@ -99,6 +103,7 @@ def publish(
         created_at=now,
         ttl_seconds=ttl_seconds,
         due=due,
+        expiry_at=expiry_at,
     )
     if dedup_key is not None:
         return _insert_once(connection, alias, new)
@@ -125,6 +130,8 @@ class NewMessage:
     ttl_seconds: float | None
     #: When a delayed message falls due; ``None`` for one due now.
     due: validation.Due | None = None
+    #: An expiry given as an instant (``publish(expires_at=...)``), stored as given.
+    expiry_at: dt.datetime | None = None
 
     @property
     def available_at(self) -> dt.datetime:
@@ -139,14 +146,25 @@ class NewMessage:
     @property
     def expires_at(self) -> dt.datetime | None:
         """The expiry as this host estimates it (the stored one is on the database's clock):
-        the TTL after the due time."""
+        the TTL after the due time, or the instant given."""
+        if self.expiry_at is not None:
+            return self.expiry_at
         if self.ttl_seconds is None:
             return None
         return self.available_at + dt.timedelta(seconds=self.ttl_seconds)
 
-    def due_values(self, ops: Any) -> tuple[str | None, Any, Any]:
+    def due_values(self, ops: Any) -> tuple[str | None, bool, Any, Any]:
         """How the insert gives the due time and the expiry (``sql.insert_message``'s
-        ``due``), and their parameters."""
+        ``due`` and ``expiry_at``), and their parameters."""
+        if self.expiry_at is not None:
+            kind, available_at, _ = self._due_and_ttl(ops)
+            return kind, True, available_at, ops.adapt_datetimefield_value(self.expiry_at)
+        kind, available_at, expires = self._due_and_ttl(ops)
+        return kind, kind == sql.AT, available_at, expires
+
+    def _due_and_ttl(self, ops: Any) -> tuple[str | None, Any, Any]:
+        """The due time's kind and parameter, and the TTL's parameter (an instant when the
+        due time is one, seconds from the database's clock otherwise)."""
         ttl = self.ttl_seconds
         if self.due is None:
             return None, None, ttl
@@ -188,7 +206,7 @@ def _insert(connection: Any, alias: str, new: NewMessage) -> OutboxMessage:
         epoch, sequence = _next_sequence(session, vendor, new.topic, new.key)
     message_id = uuid7()
     now_db = ops.adapt_datetimefield_value(new.created_at)
-    due, available_at, expires_at = new.due_values(ops)
+    due, expiry_at, available_at, expires_at = new.due_values(ops)
     notify = vendor == "postgresql" and _nudge_due(connection)
     row = {
         "id": message_id if connection.features.has_native_uuid_field else message_id.hex,
@@ -204,7 +222,9 @@ def _insert(connection: Any, alias: str, new: NewMessage) -> OutboxMessage:
         "expires_at": expires_at,
     }
     absent = frozenset(c for c in sql.ABSENT_VALUES if row[c] is None)
-    statement = sql.insert_message(vendor, notify=notify, absent=absent, due=due)
+    statement = sql.insert_message(
+        vendor, notify=notify, absent=absent, due=due, expiry_at=expiry_at
+    )
     values = [v for c, v in row.items() if c not in absent]
     if new.dedup_key is None:
         session.insert(statement, values)

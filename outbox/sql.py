@@ -66,7 +66,12 @@ DELAY, AT = "delay", "at"
 
 @functools.cache
 def insert_message(
-    vendor: str, *, notify: bool, absent: frozenset[str] = frozenset(), due: str | None = None
+    vendor: str,
+    *,
+    notify: bool,
+    absent: frozenset[str] = frozenset(),
+    due: str | None = None,
+    expiry_at: bool = False,
 ) -> str:
     """``INSERT`` one outbox row, with the columns in ``absent`` left at their literal; on
     PostgreSQL with ``notify``, the relay's ``NOTIFY`` in the same round trip.
@@ -75,7 +80,8 @@ def insert_message(
     ``expires_at`` parameter is a TTL in seconds from the database's clock. A delayed one is
     ``scheduled``: with ``due=DELAY`` both ``available_at`` and ``expires_at`` are seconds
     from the database's clock (the delay, and the delay plus the TTL: a TTL counts from the
-    due time); with ``due=AT`` both are instants."""
+    due time); with ``due=AT`` both are instants. With ``expiry_at`` the ``expires_at``
+    parameter is an instant whatever the due time (``publish(expires_at=...)``)."""
     assert (due is None) == ("available_at" in absent), "a due time exactly when delayed"
     values = {
         column: ABSENT_VALUES[column] if column in absent else sql
@@ -85,7 +91,7 @@ def insert_message(
         values["status"] = "'scheduled'"
     if due == DELAY:
         values["available_at"] = _FROM_STATEMENT[vendor]
-    if "expires_at" not in absent and due != AT:
+    if "expires_at" not in absent and not expiry_at:
         values["expires_at"] = _FROM_STATEMENT[vendor] if due == DELAY else _IN_SECONDS[vendor]
     if vendor == "postgresql":
         values["payload"] = "%s::jsonb"

@@ -130,12 +130,7 @@ def due(delay: object, deliver_at: object, ttl_seconds: float | None) -> Due | N
                 f"deliver_at must be a datetime, got {type(deliver_at).__name__} "
                 f"{_shown(deliver_at)}."
             )
-        if deliver_at.tzinfo is None or deliver_at.utcoffset() is None:
-            raise PublishError(
-                f"deliver_at must be an aware datetime (with a time zone), got the naive "
-                f"{_shown(deliver_at)}: a naive time means a different instant on each host. "
-                "Use django.utils.timezone.now() + timedelta(...), or a datetime with tzinfo."
-            )
+        _aware("deliver_at", deliver_at)
         expires = None if ttl_seconds is None else _expiry_after(deliver_at, ttl_seconds)
         return Due(at=deliver_at, expires_at=expires)
     if delay is None:
@@ -148,6 +143,34 @@ def due(delay: object, deliver_at: object, ttl_seconds: float | None) -> Due | N
             f"delay must be at most {MAX_DELAY_SECONDS} seconds (ten years), got {_shown(delay)}."
         )
     return Due(seconds=seconds) if seconds > 0 else None
+
+
+def expires_at(value: object, *, ttl_seconds: float | None) -> dt.datetime | None:
+    """``publish()``'s ``expires_at``: an aware datetime, stored as given and compared with
+    the database's clock (never turned into a TTL on this host's clock). Not with ``ttl``."""
+    if value is None:
+        return None
+    if ttl_seconds is not None:
+        raise PublishError(
+            "Pass ttl or expires_at, not both: ttl counts from the due time on the "
+            "database's clock, expires_at is an instant."
+        )
+    if not isinstance(value, dt.datetime):
+        raise PublishError(
+            f"expires_at must be a datetime, got {type(value).__name__} {_shown(value)}."
+        )
+    _aware("expires_at", value)
+    return value
+
+
+def _aware(name: str, value: dt.datetime) -> None:
+    """Refuse a naive datetime: it means a different instant on each host."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise PublishError(
+            f"{name} must be an aware datetime (with a time zone), got the naive "
+            f"{_shown(value)}: a naive time means a different instant on each host. "
+            "Use django.utils.timezone.now() + timedelta(...), or a datetime with tzinfo."
+        )
 
 
 def _expiry_after(at: dt.datetime, ttl_seconds: float) -> dt.datetime:

@@ -22,18 +22,19 @@ from project.settings import DATABASES, INBOX_OUTBOX, INSTALLED_APPS
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
 
-# Django 6's Tasks framework through the outbox (inbox_outbox_tasks); Django 5.2 has no
-# django.tasks (the django-tasks backport would provide it).
+# Django's Tasks framework through the outbox (inbox_outbox_tasks): django.tasks on Django 6,
+# the django-tasks backport (the dev extra installs it) before.
 import django  # noqa: E402
 
-if django.VERSION >= (6, 0):
-    INSTALLED_APPS += ["inbox_outbox_tasks"]
-    TASKS = {
-        "default": {
-            "BACKEND": "inbox_outbox_tasks.OutboxTaskBackend",
-            "QUEUES": ["default", "reports"],
-        }
+INSTALLED_APPS += (
+    ["inbox_outbox_tasks"] if django.VERSION >= (6, 0) else ["django_tasks", "inbox_outbox_tasks"]
+)
+TASKS = {
+    "default": {
+        "BACKEND": "inbox_outbox_tasks.OutboxTaskBackend",
+        "QUEUES": ["default", "reports"],
     }
+}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 INBOX_OUTBOX = {**INBOX_OUTBOX, "SERVICE": os.environ.get("SERVICE_NAME", "tests")}
 

@@ -149,3 +149,72 @@ def test_a_send_task_with_countdown_and_eta_is_refused(task_queue):
     with pytest.raises(PublishError, match="countdown or eta"):
         send_task("testapp.credit", ("x", 1), countdown=1, eta=dt.datetime.now(dt.UTC))
     assert not OutboxMessage.objects.exists()
+
+
+def _db_seconds(expression, row_id):
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT extract(epoch from ({expression})) FROM outbox_message WHERE id = %s",
+            [row_id],
+        )
+        return float(cursor.fetchone()[0])
+
+
+def test_an_absolute_expiry_is_kept_as_given_not_converted_with_the_app_clock(task_queue):
+    import datetime as dt
+
+    expires = dt.datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC)
+    with transaction.atomic():
+        Account.objects.create(name="cy", balance=0)  # the transaction's now() starts here
+        time.sleep(0.2)  # a TTL worked out on this host's clock would land 0.2 s early
+        result = send_task("testapp.credit", ("cy", 1), queue=task_queue, expires=expires)
+    row = OutboxMessage.objects.get()
+    assert row.expires_at == expires
+    assert row.headers["expires"] == expires.isoformat() and row.headers["id"] == result.id
+
+
+def test_a_relative_expiry_counts_from_the_insert_on_the_database_clock(task_queue):
+    import datetime as dt
+
+    with transaction.atomic():
+        now_due = send_task("testapp.credit", ("cy", 1), queue=task_queue, expires=5)
+        delayed = send_task("testapp.credit", ("cy", 1), queue=task_queue, countdown=2, expires=5)
+        eta = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
+        at_eta = send_task("testapp.credit", ("cy", 1), queue=task_queue, eta=eta, expires=60)
+    rows = {r.headers["id"]: r for r in OutboxMessage.objects.all()}
+    assert _db_seconds("expires_at - available_at", rows[now_due.id].id) == pytest.approx(5)
+    # the delayed row is due 2 s after its insert and expires 5 s after it: 3 s after due
+    assert _db_seconds("expires_at - available_at", rows[delayed.id].id) == pytest.approx(3)
+    # with an eta, the row expires when Celery's header says the task does
+    header = dt.datetime.fromisoformat(rows[at_eta.id].headers["expires"])
+    assert rows[at_eta.id].expires_at == header
+
+
+def test_a_task_past_its_absolute_expiry_is_expired_by_the_relay_not_sent(task_queue, broker_url):
+    import datetime as dt
+
+    from django.db.models.functions import Now
+
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    with transaction.atomic():
+        send_task("testapp.credit", ("dee", 1), queue=task_queue, expires=expires)
+    # the database's clock is what passes the expiry: move the row's expiry behind it
+    OutboxMessage.objects.update(expires_at=Now() - dt.timedelta(seconds=1))
+    assert drain() == 1
+    assert OutboxMessage.objects.get().status == "expired"
+    with kombu.Connection(broker_url) as conn:
+        assert conn.default_channel.basic_get(task_queue) is None
+
+
+def test_publish_takes_an_expiry_instant_or_a_ttl_not_both_and_never_a_naive_one():
+    import datetime as dt
+
+    from outbox import PublishError, publish
+
+    with pytest.raises(PublishError, match="ttl or expires_at"):
+        publish("test.effect", {}, ttl=5, expires_at=dt.datetime.now(dt.UTC))
+    with pytest.raises(PublishError, match="expires_at must be an aware datetime"):
+        publish("test.effect", {}, expires_at=dt.datetime(2030, 1, 1))
+    assert not OutboxMessage.objects.exists()

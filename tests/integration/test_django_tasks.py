@@ -1,24 +1,24 @@
-"""Django 6's Tasks framework through the outbox (issue 16): ``enqueue()`` inside ``atomic()``
+"""Django's Tasks framework through the outbox (issue 16): ``enqueue()`` inside ``atomic()``
 writes an outbox row in the caller's transaction, the relay sends it, a real Celery worker (the
 inbox consumer) runs it once in effect; ``get_result()`` reads the state from the database.
 
-Runs on Django 6 only (``/work/main/.venv-django6``); skipped on 5.2, which has no
-``django.tasks``."""
+Runs on Django 6 (``django.tasks``, ``/work/main/.venv-django6``) and on Django 5.2 with the
+``django-tasks`` backport (``django_tasks``); ``inbox_outbox_tasks.compat`` picks which."""
 
 import datetime as dt
 import math
 import time
 
 import pytest
-
-pytest.importorskip("django.tasks")
-
 from django.db import transaction
-from django.tasks import TaskResultStatus
-from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
-from django.tasks.signals import task_enqueued
 from django.utils import timezone
 
+from inbox_outbox_tasks.compat import (
+    InvalidTask,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+    task_enqueued,
+)
 from inbox_outbox_tasks.models import TaskRun
 from outbox import operations as outbox_operations
 from outbox.models import OutboxMessage

@@ -1,9 +1,9 @@
-"""Django Tasks (``django.tasks``, Django 6) that the tests enqueue through the outbox."""
+"""Django Tasks that the tests enqueue through the outbox: ``django.tasks`` on Django 6, the
+``django-tasks`` backport before (``inbox_outbox_tasks.compat`` picks)."""
 
 import time
 
-from django.tasks import task
-from django.tasks.signals import task_finished, task_started
+from inbox_outbox_tasks.compat import task, task_finished, task_started
 
 from .models import Account, Effect
 
